@@ -1,0 +1,121 @@
+"""The Typer app, the global options and the one place where errors become exit codes.
+
+Exit codes (docs/architecture.md, "Command line"): 0 the job ran; 1 the inputs or the
+environment made it fail (every :class:`~lamost_rrnet.errors.RRNetError`); 2 the command
+line itself is wrong (Typer's usage errors).
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Sequence
+
+import typer
+from rich.markup import escape
+
+from lamost_rrnet._version import __version__
+from lamost_rrnet.cli.common import GlobalOptions
+from lamost_rrnet.errors import RRNetError
+from lamost_rrnet.progress import stderr_console
+
+app = typer.Typer(
+    name="lamost-rrnet",
+    help="Teff, log g and 15 abundances with uncertainties from LAMOST MRS spectra (RRNet).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Global options taken from anywhere on the command line: name -> takes a value.
+GLOBAL_OPTIONS = {"--quiet": False, "--verbose": False, "--threads": True, "--device": True}
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"lamost-rrnet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars or messages on stderr."),
+    verbose: bool = typer.Option(False, "--verbose", help="More detail, and tracebacks on errors."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="Threads for torch and the BLAS libraries."
+    ),
+    device: str = typer.Option(
+        "auto", "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
+    ),
+) -> None:
+    from lamost_rrnet.devices import set_threads
+
+    if device.lower() not in ("auto", "cpu", "cuda", "mps") and not (
+        device.lower().startswith("cuda:") and device[5:].isdigit()
+    ):
+        raise typer.BadParameter(
+            f"{device!r}: use auto, cpu, cuda, cuda:N or mps", param_hint="--device"
+        )
+    ctx.obj = GlobalOptions(quiet=quiet, verbose=verbose, threads=threads, device=device)
+    set_threads(threads)
+
+
+def hoist_global_options(argv: Sequence[str]) -> list[str]:
+    """Move the global options to the front, so they work after the subcommand too."""
+    front: list[str] = []
+    rest: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest.extend(args[i:])
+            break
+        name = arg.split("=", 1)[0]
+        if name in GLOBAL_OPTIONS:
+            front.append(arg)
+            if GLOBAL_OPTIONS[name] and "=" not in arg and i + 1 < len(args):
+                front.append(args[i + 1])
+                i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point: run the app and map errors to exit codes."""
+    args = hoist_global_options(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in args
+    try:
+        app(args=args, prog_name="lamost-rrnet")
+    except RRNetError as exc:
+        if verbose:
+            traceback.print_exc(file=sys.stderr)
+        stderr_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except OSError as exc:
+        # Unwritable outputs, full disks, vanished files: the environment, not the command line.
+        if verbose:
+            traceback.print_exc(file=sys.stderr)
+        where = f" {exc.filename}:" if getattr(exc, "filename", None) else ""
+        stderr_console.print(
+            f"[bold red]error:[/]{escape(where)} {escape(str(exc.strerror or exc))}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
+
+
+def _register() -> None:
+    from lamost_rrnet.cli import inspect
+
+    app.command("inspect")(inspect.inspect_command)
+
+
+_register()

@@ -1,0 +1,1 @@
+"""LAMOST MRS spectra: reading and writing files, preprocessing, RV estimation."""
