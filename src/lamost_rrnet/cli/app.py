@@ -97,7 +97,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except RRNetError as exc:
         if verbose:
             traceback.print_exc(file=sys.stderr)
-        stderr_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        stderr_console.print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         sys.exit(1)
     except OSError as exc:
         # Unwritable outputs, full disks, vanished files: the environment, not the command line.

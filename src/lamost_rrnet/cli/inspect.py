@@ -13,7 +13,9 @@ def inspect_command(
     rv: float = typer.Option(0.0, "--rv", help="Radial velocity (km/s) for the rest frame."),
     blue: str = typer.Option("COADD_B", "--blue", help="Blue extension to preprocess."),
     red: str = typer.Option("COADD_R", "--red", help="Red extension to preprocess."),
-    plot: Path | None = typer.Option(None, "--plot", help="Write a PNG of raw and normalized flux."),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Write a PNG of raw and normalized flux."
+    ),
     save: Path | None = typer.Option(
         None, "--save", help="Write the normalized spectrum (wavelength, flux) as .csv or .fits."
     ),

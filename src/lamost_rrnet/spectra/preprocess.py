@@ -132,7 +132,9 @@ def _standard_x(grid: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / x.std()
 
 
-def normalize_arm(flux: np.ndarray, grid: np.ndarray, spec: PreprocessSpec = RRNET2022) -> np.ndarray:
+def normalize_arm(
+    flux: np.ndarray, grid: np.ndarray, spec: PreprocessSpec = RRNET2022
+) -> np.ndarray:
     """Step 4 for one arm, as published: the reference implementation (one spectrum)."""
     f = _median_clean(np.asarray(flux, np.float32), spec)
     x = _standard_x(grid)
