@@ -118,6 +118,12 @@ def _register() -> None:
     from lamost_rrnet.cli import inspect
 
     app.command("inspect")(inspect.inspect_command)
+    from lamost_rrnet.cli import predict
+
+    app.command("predict")(predict.predict_command)
+    from lamost_rrnet.cli import evaluate
+
+    app.command("evaluate")(evaluate.evaluate_command)
 
 
 _register()

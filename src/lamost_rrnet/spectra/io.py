@@ -87,7 +87,7 @@ class MRSFile:
     """A LAMOST MRS file: the primary header and the arms that were read."""
 
     path: str
-    header: fits.Header
+    header: dict  # the primary (Information) header's keywords
     layout: str  # "dr7" or "dr9"
     arms: dict[str, Arm]
 
@@ -120,7 +120,7 @@ class MRSFile:
         return str(self.header.get("DATA_V", "")).strip()
 
     def spectrum(self, extname_blue: str = COADD_BLUE, extname_red: str = COADD_RED) -> Spectrum:
-        """The blue/red pair named; raises :class:`SpectrumError` if either is missing or unusable."""
+        """The blue/red pair named; :class:`SpectrumError` if either is missing or unusable."""
         arms = []
         for name in (extname_blue, extname_red):
             if name not in self.arms:
@@ -146,43 +146,143 @@ class MRSFile:
         return pairs
 
 
-def _column(data: fits.FITS_rec, name: str, dtype: type) -> np.ndarray:
+_BLOCK = 2880
+_TFORM = re.compile(r"^\s*(\d*)([LBIJKEDA])")
+_FITS_TYPES = {"L": "i1", "B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8"}
+
+
+class _Reader:
+    """Sequential reads from a plain or gzip-compressed file, decompressing only what is read."""
+
+    def __init__(self, path: str):
+        self._file = open(path, "rb")
+        magic = self._file.read(2)
+        self._file.seek(0)
+        self._inflate = zlib.decompressobj(31) if magic == b"\x1f\x8b" else None
+        self._buffer = bytearray()
+
+    def read(self, n: int) -> bytes:
+        if self._inflate is None:
+            return self._file.read(n)
+        while len(self._buffer) < n:
+            chunk = self._file.read(1 << 16)
+            if not chunk:
+                if not self._inflate.eof:
+                    raise EOFError("compressed file ended before the end-of-stream marker")
+                break
+            self._buffer += self._inflate.decompress(chunk)
+        out = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return out
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _parse_value(text: str):
+    text = text.strip()
+    if text.startswith("'"):
+        end = 1
+        while True:
+            end = text.find("'", end)
+            if end < 0 or not text.startswith("''", end):
+                break
+            end += 2
+        return text[1 : end if end > 0 else None].replace("''", "'").rstrip()
+    text = text.split("/", 1)[0].strip()
+    if text in ("T", "F"):
+        return text == "T"
+    for cast in (int, float):
+        try:
+            return cast(text.replace("D", "E") if cast is float else text)
+        except ValueError:
+            pass
+    return text
+
+
+def _read_header(reader: _Reader, block: bytes | None = None) -> dict | None:
+    """The next HDU's header (starting with ``block`` if given) as a dict; None at the end."""
+    header: dict = {}
+    while True:
+        block = reader.read(_BLOCK) if block is None else block
+        if not block:
+            return None if not header else header
+        if len(block) < _BLOCK:
+            raise EOFError("the file ends inside a header")
+        for i in range(0, _BLOCK, 80):
+            card = block[i : i + 80].decode("ascii", "replace")
+            key = card[:8].rstrip()
+            if key == "END":
+                return header
+            if card[8:10] == "= " and key not in header:
+                header[key] = _parse_value(card[10:])
+        block = None
+
+
+def _data_size(header: dict) -> int:
+    naxis = int(header.get("NAXIS", 0))
+    if naxis == 0:
+        return 0
+    size = abs(int(header.get("BITPIX", 8))) // 8
+    for axis in range(1, naxis + 1):
+        size *= int(header.get(f"NAXIS{axis}", 0))
+    size += int(header.get("PCOUNT", 0))
+    return -(-size // _BLOCK) * _BLOCK
+
+
+def _table_dtype(header: dict, where: str) -> np.dtype:
+    fields = []
+    for i in range(1, int(header.get("TFIELDS", 0)) + 1):
+        name = str(header.get(f"TTYPE{i}", f"COL{i}")).strip().upper()
+        match = _TFORM.match(str(header.get(f"TFORM{i}", "")))
+        if not match:
+            raise SpectrumError(f"{where}: unsupported column format {header.get(f'TFORM{i}')!r}")
+        repeat = int(match.group(1) or 1)
+        code = match.group(2)
+        if code == "A":
+            fields.append((name, f"S{repeat}"))
+        else:
+            fields.append(
+                (name, _FITS_TYPES[code], (repeat,)) if repeat != 1 else (name, _FITS_TYPES[code])
+            )
+    dtype = np.dtype(fields)
+    if dtype.itemsize != int(header.get("NAXIS1", -1)):
+        raise SpectrumError(f"{where}: the column formats do not add up to NAXIS1")
+    return dtype
+
+
+def _column(data: np.ndarray, name: str, dtype: type) -> np.ndarray:
     # DR9 stores each array in one row, DR7 one pixel per row: ravel covers both.
     return np.asarray(data[name], dtype=dtype).ravel()
 
 
-def _read_arm(path: str, hdu: fits.BinTableHDU, extname: str) -> tuple[Arm, str]:
-    data = hdu.data
-    if data is None:
-        raise SpectrumError(f"{path}[{extname}]: the table is empty")
-    names = {n.upper(): n for n in data.columns.names}
+def _read_arm(where: str, header: dict, data: np.ndarray, extname: str) -> tuple[Arm, str]:
+    names = set(data.dtype.names or ())
     if "FLUX" not in names:
-        raise SpectrumError(f"{path}[{extname}]: no FLUX column (has: {', '.join(names)})")
+        raise SpectrumError(f"{where}[{extname}]: no FLUX column (has: {', '.join(names)})")
     if "LOGLAM" in names:
         layout = "dr7"
-        loglam = _column(data, names["LOGLAM"], np.float32)
-        # Published number types (FACTS.md §3): λ = 10**LOGLAM is kept in float32. The authors'
-        # NumPy 1 used libm's correctly rounded powf; NumPy 2's SIMD float32 power can be 1 ulp
-        # off, which flips pixels in the chaotic normalization. Rounding float64 powers matches.
+        loglam = _column(data, "LOGLAM", np.float32)
+        # Published number types (FACTS.md §3): λ = 10**LOGLAM is kept in float32. Rounding the
+        # float64 power is the correctly rounded float32 power on every platform.
         wavelength = np.power(10.0, loglam.astype(np.float64)).astype(np.float32)
     elif "WAVELENGTH" in names:
         layout = "dr9"
-        wavelength = _column(data, names["WAVELENGTH"], np.float32)
+        wavelength = _column(data, "WAVELENGTH", np.float32)
     else:
-        raise SpectrumError(f"{path}[{extname}]: neither a LOGLAM nor a WAVELENGTH column")
-    flux = _column(data, names["FLUX"], np.float32)
+        raise SpectrumError(f"{where}[{extname}]: neither a LOGLAM nor a WAVELENGTH column")
+    flux = _column(data, "FLUX", np.float32)
     n = flux.size
-    ivar = _column(data, names["IVAR"], np.float32) if "IVAR" in names else np.ones(n, np.float32)
-    mask_name = names.get("ORMASK") or names.get("PIXMASK")
+    ivar = _column(data, "IVAR", np.float32) if "IVAR" in names else np.ones(n, np.float32)
+    mask_name = "ORMASK" if "ORMASK" in names else "PIXMASK" if "PIXMASK" in names else None
     mask = _column(data, mask_name, np.int32) if mask_name else np.zeros(n, np.int32)
-    andmask = _column(data, names["ANDMASK"], np.int32) if "ANDMASK" in names else None
+    andmask = _column(data, "ANDMASK", np.int32) if "ANDMASK" in names else None
     if wavelength.size > 1 and not np.all(np.diff(wavelength) >= 0):
         order = np.argsort(wavelength, kind="stable")
         wavelength = wavelength[order]
         if flux.size == order.size:
             flux, ivar, mask = flux[order], ivar[order], mask[order]
             andmask = andmask[order] if andmask is not None else None
-    header = hdu.header
     keep = {k: header[k] for k in ("SNR", "LMJM", "EXPTIME", "DATE-OBS") if k in header}
     snr = float(header.get("SNR", np.nan))
     return Arm(extname, wavelength, flux, ivar, mask, snr, andmask, keep), layout
@@ -191,43 +291,69 @@ def _read_arm(path: str, hdu: fits.BinTableHDU, extname: str) -> tuple[Arm, str]
 def read_mrs(path: str | os.PathLike[str], extensions: Iterable[str] | None = None) -> MRSFile:
     """Read a LAMOST MRS ``.fits`` or ``.fits.gz`` file, in the DR7 or the DR9+ layout.
 
-    ``extensions`` limits reading to the named ones (e.g. ``["COADD_B", "COADD_R"]``), which is
-    faster; a named extension that is absent raises :class:`SpectrumError`. Otherwise every coadd
-    and exposure table is read.
+    ``extensions`` limits reading to the named ones (e.g. ``["COADD_B", "COADD_R"]``); a named
+    extension that is absent raises :class:`SpectrumError`. Otherwise every coadd and exposure
+    table is read. Only what is needed is decompressed: reading the coadds of a ``.fits.gz``
+    stops after them, which makes this several times faster than a general FITS reader.
     """
     path = str(path)
     wanted = None if extensions is None else [e.upper() for e in extensions]
     try:
-        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-            header = hdul[0].header.copy()
-            arms: dict[str, Arm] = {}
-            layouts = set()
-            if wanted is None:
-                hdus = [h for h in hdul[1:] if _EXTNAME.match(str(h.name).upper())]
-            else:
-                present = {str(h.name).upper(): h for h in hdul[1:]}
-                missing = [e for e in wanted if e not in present]
-                if missing:
-                    raise SpectrumError(
-                        f"{path}: no extension {', '.join(missing)} "
-                        f"(has: {', '.join(present) or 'none'})"
-                    )
-                hdus = [present[e] for e in wanted]
-            for hdu in hdus:
-                if not isinstance(hdu, fits.BinTableHDU):
-                    raise SpectrumError(f"{path}[{hdu.name}]: not a binary table")
-                arm, layout = _read_arm(path, hdu, str(hdu.name).upper())
-                arms[arm.extname] = arm
-                layouts.add(layout)
-    except SpectrumError:
-        raise
+        reader = _Reader(path)
     except FileNotFoundError as exc:
         raise SpectrumError(f"{path}: no such file") from exc
-    except (OSError, ValueError, TypeError, KeyError, IndexError, EOFError, zlib.error) as exc:
+    except OSError as exc:
+        raise SpectrumError(f"{path}: cannot be opened ({exc.strerror or exc})") from exc
+    arms: dict[str, Arm] = {}
+    layouts = set()
+    seen: list[str] = []
+    try:
+        first = reader.read(_BLOCK)
+        if not first.startswith(b"SIMPLE  ="):
+            raise SpectrumError(f"{path}: not a FITS file (it does not start with SIMPLE)")
+        primary = _read_header(reader, first)
+        if not primary or primary.get("SIMPLE") is not True:
+            raise SpectrumError(f"{path}: not a FITS file (no SIMPLE = T card)")
+        reader.read(_data_size(primary))
+        remaining = None if wanted is None else set(wanted)
+        while remaining is None or remaining:
+            header = _read_header(reader)
+            if header is None:
+                break
+            size = _data_size(header)
+            name = str(header.get("EXTNAME", "")).strip().upper()
+            seen.append(name)
+            selected = _EXTNAME.match(name) if remaining is None else name in remaining
+            if not selected or header.get("XTENSION", "").strip() != "BINTABLE":
+                if selected and remaining is not None:
+                    raise SpectrumError(f"{path}[{name}]: not a binary table")
+                reader.read(size)
+                continue
+            raw = reader.read(size)
+            if len(raw) < size:
+                raise EOFError(f"the file ends inside extension {name}")
+            dtype = _table_dtype(header, f"{path}[{name}]")
+            data = np.frombuffer(raw, dtype=dtype, count=int(header.get("NAXIS2", 0)))
+            arm, layout = _read_arm(path, header, data, name)
+            arms[name] = arm
+            layouts.add(layout)
+            if remaining is not None:
+                remaining.discard(name)
+    except SpectrumError:
+        raise
+    except (OSError, ValueError, EOFError, zlib.error, KeyError, TypeError) as exc:
         raise SpectrumError(f"{path}: not a readable FITS file ({exc})") from exc
+    finally:
+        reader.close()
+    if wanted is not None:
+        missing = [e for e in wanted if e not in arms]
+        if missing:
+            raise SpectrumError(
+                f"{path}: no extension {', '.join(missing)} (has: {', '.join(seen) or 'none'})"
+            )
     if not arms:
         raise SpectrumError(f"{path}: no COADD_B/COADD_R or B-*/R-* extensions")
-    return MRSFile(path, header, "dr9" if layouts == {"dr9"} else "dr7", arms)
+    return MRSFile(path, primary, "dr9" if layouts == {"dr9"} else "dr7", arms)
 
 
 def _arm_hdu(arm: Arm, layout: str) -> fits.BinTableHDU:
@@ -266,7 +392,8 @@ def _arm_hdu(arm: Arm, layout: str) -> fits.BinTableHDU:
     else:
         raise ValueError(f"unknown layout {layout!r}: use dr7 or dr9")
     hdu = fits.BinTableHDU.from_columns(cols, name=arm.extname)
-    hdu.header["SNR"] = (round(float(arm.snr), 2), "Signal to noise ratio")
+    if np.isfinite(arm.snr):
+        hdu.header["SNR"] = (round(float(arm.snr), 2), "Signal to noise ratio")
     for key, value in arm.header.items():
         if key not in ("SNR", "EXTNAME"):
             hdu.header[key] = value

@@ -33,7 +33,8 @@ def summary_text(mrs: MRSFile) -> str:
         f"lmjd          {mrs.lmjd}",
         f"data release  {mrs.data_release or 'unknown'} ({mrs.layout.upper()} layout)",
         "",
-        f"{'extension':<12} {'kind':<9} {'arm':<5} {'pixels':>6}  {'wavelength (Å)':<17} {'S/N':>7}",
+        f"{'extension':<12} {'kind':<9} {'arm':<5} {'pixels':>6}  "
+        f"{'wavelength (Å)':<17} {'S/N':>7}",
     ]
     for row in extension_rows(mrs):
         wave = f"{row['wave_min']:.2f}-{row['wave_max']:.2f}"

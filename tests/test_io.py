@@ -1,0 +1,164 @@
+"""Reading and writing LAMOST MRS files in both layouts, and the reader's bad-input errors."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+
+from lamost_rrnet.errors import SpectrumError
+from lamost_rrnet.spectra.io import Arm, encode_mrs, read_mrs, write_mrs
+
+GOOD = "med-58025-HIP9645901_sp02-051.fits.gz"
+ZERO_SNR = "med-58268-HIP95119KP01_sp12-076.fits.gz"
+
+
+def _arm(name: str, start: float, n: int = 500, rng=None) -> Arm:
+    rng = rng or np.random.default_rng(0)
+    wave = (10 ** (np.log10(start) + 1e-5 * np.arange(n))).astype(np.float32)
+    flux = (1000 + 50 * rng.standard_normal(n)).astype(np.float32)
+    ivar = np.full(n, 1e-3, np.float32)
+    mask = np.zeros(n, np.int32)
+    mask[7] = 4
+    return Arm(name, wave, flux, ivar, mask, snr=31.6, header={"LMJM": "83555758"})
+
+
+def _arms() -> list[Arm]:
+    return [
+        _arm("COADD_B", 4925.0),
+        _arm("COADD_R", 6300.0),
+        _arm("B-83555758", 4925.0),
+        _arm("R-83555758", 6300.0),
+    ]
+
+
+HEADER = {"OBSID": 123, "RA": 10.5, "DEC": -3.25, "DESIG": "LAMOST J004200.00-031500.0",
+          "LMJD": 58025, "DATA_V": "LAMOST DR9"}  # fmt: skip
+
+
+def test_real_files_are_read_with_all_extensions(real_spectra):
+    for path in real_spectra.values():
+        mrs = read_mrs(path)
+        assert mrs.obsid > 0 and mrs.designation.startswith("LAMOST J")
+        assert mrs.layout == "dr7" and mrs.lmjd > 58000
+        assert {"COADD_B", "COADD_R"} <= set(mrs.arms)
+        assert len(mrs.exposure_pairs()) >= 4
+        for arm in mrs.arms.values():
+            assert arm.wavelength.dtype == np.float32
+            assert np.all(np.diff(arm.wavelength) > 0), f"{arm.extname} not ascending"
+            assert arm.flux.size == arm.ivar.size == arm.mask.size == arm.wavelength.size
+            assert np.isfinite(arm.snr)
+
+
+def test_red_exposures_are_sorted_ascending(real_spectra):
+    mrs = read_mrs(real_spectra[GOOD])
+    red = mrs.arms["R-83555758"]
+    assert red.wavelength[0] < 6301 and red.wavelength[-1] > 6870
+
+
+def test_zero_snr_file_is_read_and_its_snr_reported(real_spectra):
+    mrs = read_mrs(real_spectra[ZERO_SNR])
+    spectrum = mrs.coadd()
+    assert spectrum.blue.snr == 0.0
+    assert spectrum.red.snr == pytest.approx(1.01)
+
+
+def test_reading_only_the_coadds(real_spectra):
+    mrs = read_mrs(real_spectra[GOOD], ["COADD_B", "COADD_R"])
+    assert list(mrs.arms) == ["COADD_B", "COADD_R"]
+    full = read_mrs(real_spectra[GOOD])
+    np.testing.assert_array_equal(mrs.arms["COADD_R"].flux, full.arms["COADD_R"].flux)
+
+
+@pytest.mark.parametrize("layout", ["dr7", "dr9"])
+@pytest.mark.parametrize("suffix", [".fits", ".fits.gz"])
+def test_write_read_round_trip(tmp_path, layout, suffix):
+    arms = _arms()
+    path = write_mrs(tmp_path / f"med-58025-TEST_sp01-001{suffix}", HEADER, arms, layout=layout)
+    mrs = read_mrs(path)
+    assert mrs.layout == layout
+    assert mrs.obsid == 123 and mrs.ra == 10.5 and mrs.designation == HEADER["DESIG"]
+    for arm in arms:
+        got = mrs.arms[arm.extname]
+        # DR7 stores LOGLAM in float32, as LAMOST does: ~5e-7 relative resolution in λ
+        np.testing.assert_allclose(got.wavelength, arm.wavelength, rtol=1e-6)
+        np.testing.assert_array_equal(got.flux, arm.flux)
+        np.testing.assert_array_equal(got.ivar, arm.ivar)
+        np.testing.assert_array_equal(got.mask, arm.mask)
+        assert got.snr == pytest.approx(31.6)
+    assert mrs.exposure_pairs() == [("B-83555758", "R-83555758")]
+
+
+def test_dr7_writer_stores_red_exposures_descending_like_lamost(tmp_path):
+    from astropy.io import fits
+
+    path = write_mrs(tmp_path / "x.fits", HEADER, _arms(), layout="dr7")
+    with fits.open(path) as hdul:
+        assert np.all(np.diff(hdul["R-83555758"].data["LOGLAM"]) < 0)
+        assert np.all(np.diff(hdul["COADD_R"].data["LOGLAM"]) > 0)
+        assert hdul["B-83555758"].data.columns.names == ["FLUX", "IVAR", "LOGLAM", "PIXMASK"]
+        assert hdul["COADD_B"].data.columns.names[-2:] == ["ANDMASK", "ORMASK"]
+
+
+def test_gzip_output_is_reproducible():
+    assert encode_mrs(HEADER, _arms()) == encode_mrs(HEADER, _arms())
+
+
+def test_not_fits_is_a_spectrum_error(tmp_path):
+    path = tmp_path / "notes.fits"
+    path.write_text("this is not a FITS file\n" * 200)
+    with pytest.raises(SpectrumError, match="notes.fits.*not a FITS file"):
+        read_mrs(path)
+
+
+def test_truncated_gzip_is_a_spectrum_error(tmp_path, real_spectra):
+    data = real_spectra[GOOD].read_bytes()
+    path = tmp_path / "cut.fits.gz"
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(SpectrumError, match="cut.fits.gz"):
+        read_mrs(path)
+
+
+def test_truncated_plain_file_is_a_spectrum_error(tmp_path):
+    raw = encode_mrs(HEADER, _arms(), compresslevel=None)
+    path = tmp_path / "cut.fits"
+    path.write_bytes(raw[: 2880 * 3 + 100])
+    with pytest.raises(SpectrumError, match="cut.fits"):
+        read_mrs(path)
+
+
+def test_corrupt_gzip_stream_is_a_spectrum_error(tmp_path):
+    raw = bytearray(gzip.compress(encode_mrs(HEADER, _arms(), compresslevel=None)))
+    raw[200:260] = b"\0" * 60
+    path = tmp_path / "corrupt.fits.gz"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(SpectrumError, match="corrupt.fits.gz"):
+        read_mrs(path)
+
+
+def test_missing_extension_is_named(tmp_path):
+    path = write_mrs(tmp_path / "x.fits", HEADER, _arms()[:1])
+    with pytest.raises(SpectrumError, match="no extension COADD_R"):
+        read_mrs(path).coadd()
+    with pytest.raises(SpectrumError, match="no extension COADD_R"):
+        read_mrs(path, ["COADD_B", "COADD_R"])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: Arm(a.extname, a.wavelength[:0], a.flux[:0], a.ivar[:0], a.mask[:0]),
+         "zero-length"),
+        (lambda a: Arm(a.extname, a.wavelength, np.full_like(a.flux, np.nan), a.ivar, a.mask),
+         "NaN"),
+        (lambda a: Arm(a.extname, a.wavelength, a.flux, np.zeros_like(a.ivar), a.mask),
+         "IVAR is zero everywhere"),
+    ],
+)  # fmt: skip
+def test_unusable_arms_are_spectrum_errors(tmp_path, change, message):
+    arms = _arms()
+    arms[1] = change(arms[1])
+    path = write_mrs(tmp_path / "bad.fits", HEADER, arms)
+    with pytest.raises(SpectrumError, match=rf"bad.fits\[COADD_R\].*{message}"):
+        read_mrs(path).coadd()
