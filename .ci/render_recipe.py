@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 import sys
-import tomllib
 from pathlib import Path
 
+import tomllib
 from rattler_build.stage0 import Stage0Recipe
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,10 +19,10 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from lamost_rrnet.spectra.io import read_mrs  # noqa: E402
-from lamost_rrnet.spectra.preprocess import (  # noqa: E402
+from lamost_rrnet.spectra.io import read_mrs
+from lamost_rrnet.spectra.preprocess import (
     normalize,
     normalize_reference,
     resample,

@@ -75,9 +75,7 @@ def test_one_ulp_in_a_source_wavelength_explains_the_remaining_differences(
 ):
     """At the first differing pixel of a good spectrum, lowering the nearest source λ by one
     float32 ulp reproduces the published value: the method is the same, the power is not."""
-    path, rv, want = next(
-        r for r in _references(shared_dir, real_spectra) if "58408" in r[0].name
-    )
+    path, rv, want = next(r for r in _references(shared_dir, real_spectra) if "58408" in r[0].name)
     spectrum = read_mrs(path).coadd()
     got = preprocess(spectrum, rv)
     first = int(np.flatnonzero(~_within(got[:3600], want[:3600]))[0])
@@ -108,14 +106,14 @@ def _synthetic_spectrum(
 ):
     rng = np.random.default_rng(1)
     arms = []
-    for name, start, bad, n in (
+    for name, start, bad, size in (
         ("COADD_B", start_blue, bad_blue, n),
         ("COADD_R", start_red, bad_red, n_red or n),
     ):
-        wave = (10 ** (np.log10(start) + 1e-5 * np.arange(n))).astype(np.float32)
-        flux = (1000 + 10 * rng.standard_normal(n)).astype(np.float32)
-        ivar = np.full(n, 1e-2, np.float32)
-        mask = np.zeros(n, np.int32)
+        wave = (10 ** (np.log10(start) + 1e-5 * np.arange(size))).astype(np.float32)
+        flux = (1000 + 10 * rng.standard_normal(size)).astype(np.float32)
+        ivar = np.full(size, 1e-2, np.float32)
+        mask = np.zeros(size, np.int32)
         for i in bad:
             ivar[i] = 0
         arms.append(Arm(name, wave, flux, ivar, mask, snr=100.0))

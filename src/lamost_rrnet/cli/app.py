@@ -118,6 +118,10 @@ def _register() -> None:
     from lamost_rrnet.cli import inspect
 
     app.command("inspect")(inspect.inspect_command)
+    from lamost_rrnet.cli import crossmatch, prepare
+
+    app.command("crossmatch")(crossmatch.crossmatch_command)
+    app.command("prepare")(prepare.prepare_command)
     from lamost_rrnet.cli import predict
 
     app.command("predict")(predict.predict_command)
