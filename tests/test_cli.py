@@ -28,8 +28,9 @@ def test_global_options_are_hoisted_from_after_the_subcommand():
 def test_inspect_prints_the_summary_on_stdout(run_cli, real_spectra):
     code, out, err = run_cli("inspect", real_spectra[GOOD], "--quiet")
     assert code == 0, err
-    expected = ("589002051", "LAMOST J193322.51+430102.9", "293.343833", "58025", "LAMOST DR7",
-                "COADD_B", "coadd", "R-83555799", "exposure", "3771", "92.84", "162.45")  # fmt: skip
+    expected = ("589002051", "LAMOST J193322.51+430102.9", "293.343833", "58025",
+                "LAMOST DR7", "COADD_B", "coadd", "R-83555799", "exposure", "3771", "92.84",
+                "162.45")  # fmt: skip
     for text in expected:
         assert text in out
     assert err == ""
