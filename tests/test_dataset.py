@@ -1,0 +1,183 @@
+"""The prepared dataset: layout, round trip, chunked reads, splits by star, append and resume."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from lamost_rrnet.dataset import (
+    DatasetWriter,
+    assign_splits,
+    open_dataset,
+    write_dataset,
+)
+from lamost_rrnet.errors import DatasetError, OutputExistsError
+from lamost_rrnet.labels import CATALOGUE_LABELS
+from lamost_rrnet.spectra.preprocess import RRNET2022, PreprocessSpec
+
+NAMES = list(CATALOGUE_LABELS)
+
+
+def _rows(n: int, seed: int = 0, first: int = 0):
+    rng = np.random.default_rng(seed)
+    flux = rng.normal(1, 0.1, (n, 7200)).astype(np.float32)
+    labels = rng.normal(0, 1, (n, len(NAMES))).astype(np.float32)
+    errors = np.abs(rng.normal(0, 0.1, labels.shape)).astype(np.float32)
+    meta = {
+        "obsid": np.arange(first, first + n) + 10**9,
+        "filename": [f"f{i}.fits.gz" for i in range(first, first + n)],
+        "extname_blue": ["COADD_B"] * n,
+        "extname_red": ["COADD_R"] * n,
+        "star_id": [f"star{(i // 3):03d}" for i in range(first, first + n)],
+        "snr_blue": rng.uniform(10, 100, n),
+        "snr_red": rng.uniform(10, 100, n),
+        "rv": rng.normal(0, 30, n),
+        "rv_source": ["catalogue"] * n,
+        "n_outliers": rng.integers(0, 50, n),
+        "max_outlier_run": rng.integers(0, 10, n),
+    }
+    return flux, labels, errors, meta
+
+
+def test_layout_matches_the_design(tmp_path):
+    flux, labels, errors, meta = _rows(20)
+    path = write_dataset(tmp_path / "d.h5", flux, labels, NAMES, meta, errors)
+    with h5py.File(path, "r") as f:
+        assert f["flux"].dtype == np.float32 and f["flux"].shape == (20, 7200)
+        assert f["flux"].chunks[1] == 7200 and f["flux"].chunks[0] < 20
+        assert f["labels"].dtype == np.float32 and f["labels"].shape == (20, 17)
+        assert list(f["labels"].attrs["names"]) == NAMES
+        assert f["label_errors"].dtype == np.float32
+        assert f["meta/obsid"].dtype == np.int64
+        for col in ("filename", "extname_blue", "extname_red", "star_id", "rv_source", "split"):
+            assert h5py.check_string_dtype(f["meta"][col].dtype).encoding == "utf-8", col
+        for col in ("snr_blue", "snr_red", "rv", "n_outliers", "max_outlier_run"):
+            assert f["meta"][col].shape == (20,)
+        assert PreprocessSpec.from_dict(json.loads(f.attrs["preprocessing"])) == RRNET2022
+        assert f.attrs["lamost_rrnet_version"]
+        assert "T" in f.attrs["created"]
+
+
+def test_round_trip_and_chunked_reads(tmp_path):
+    flux, labels, errors, meta = _rows(40)
+    write_dataset(tmp_path / "d.h5", flux, labels, NAMES, meta, errors)
+    with open_dataset(tmp_path / "d.h5") as ds:
+        assert ds.n == 40 and ds.label_names == NAMES and ds.preprocessing == RRNET2022
+        picks = np.array([33, 2, 17, 2, 39])  # unsorted, repeated, far apart
+        np.testing.assert_array_equal(ds.flux(picks), flux[picks])
+        np.testing.assert_array_equal(ds.flux(np.arange(5, 12)), flux[5:12])
+        np.testing.assert_array_equal(ds.labels(picks), labels[picks])
+        np.testing.assert_array_equal(ds.label_errors(picks), errors[picks])
+        np.testing.assert_array_equal(ds.labels(picks, ["FeH", "Logg"]), labels[picks][:, [14, 1]])
+        assert list(ds.meta("filename", [0, 39])) == ["f0.fits.gz", "f39.fits.gz"]
+        np.testing.assert_array_equal(ds.meta("obsid"), meta["obsid"])
+        seen = []
+        order = np.random.default_rng(1).permutation(40)
+        for idx, fl, lab in ds.iter_batches(order, batch_size=16):
+            np.testing.assert_array_equal(fl, flux[idx])
+            np.testing.assert_array_equal(lab, labels[idx])
+            seen.extend(idx)
+        assert seen == list(order)
+        with pytest.raises(DatasetError, match="no label"):
+            ds.labels([0], ["XH"])
+
+
+def test_missing_errors_are_nan_and_missing_split_raises(tmp_path):
+    flux, labels, _, meta = _rows(6)
+    meta["split"] = ["train"] * 5 + ["test"]
+    write_dataset(tmp_path / "d.h5", flux, labels, NAMES, meta)
+    with open_dataset(tmp_path / "d.h5") as ds:
+        assert np.isnan(ds.label_errors([0])).all()
+        assert list(ds.indices("test")) == [5]
+        with pytest.raises(DatasetError, match="valid split is empty"):
+            ds.indices("valid")
+
+
+def test_bad_files_raise_dataset_error(tmp_path):
+    with pytest.raises(DatasetError, match="no such file"):
+        open_dataset(tmp_path / "absent.h5")
+    (tmp_path / "junk.h5").write_text("not hdf5")
+    with pytest.raises(DatasetError, match="not a readable HDF5"):
+        open_dataset(tmp_path / "junk.h5")
+
+
+def test_split_by_star_has_no_star_in_two_splits():
+    stars = np.array([f"s{i % 97}" for i in range(1000)])
+    split = assign_splits(stars, (0.7, 0.1, 0.2), seed=3)
+    for star in np.unique(stars):
+        assert np.unique(split[stars == star]).size == 1
+    per_star = {s: split[stars == s][0] for s in np.unique(stars)}
+    counts = {k: sum(v == k for v in per_star.values()) for k in ("train", "valid", "test")}
+    assert counts == {"train": 68, "valid": 10, "test": 19}
+
+
+def test_splits_are_seeded_and_independent_of_row_order():
+    stars = np.array([f"s{i % 50}" for i in range(200)])
+    a = assign_splits(stars, seed=5)
+    np.testing.assert_array_equal(a, assign_splits(stars, seed=5))
+    assert not np.array_equal(a, assign_splits(stars, seed=6))
+    order = np.random.default_rng(0).permutation(200)
+    np.testing.assert_array_equal(assign_splits(stars[order], seed=5), a[order])
+
+
+def test_small_sets_still_get_every_split():
+    split = assign_splits(["a", "b", "c"], (0.7, 0.1, 0.2))
+    assert sorted(split) == ["test", "train", "valid"]
+
+
+def test_writer_appends_resumes_and_splits(tmp_path):
+    path = tmp_path / "d.h5"
+    flux, labels, errors, meta = _rows(30)
+    first = {k: v[:12] for k, v in meta.items()}
+    with DatasetWriter(path, NAMES) as w:
+        w.append(flux[:12], labels[:12], first, errors[:12])
+    assert not path.exists()  # unfinished builds never take the final name
+    with pytest.raises(DatasetError, match="unfinished"):
+        open_dataset(path.with_name("d.h5.partial"))
+
+    w = DatasetWriter(path, NAMES, resume=True)
+    assert w.n == 12
+    assert ("f3.fits.gz", "COADD_B", "COADD_R") in w.done_keys()
+    assert len(w.done_keys()) == 12
+    rest = {k: v[12:] for k, v in meta.items()}
+    w.append(flux[12:], labels[12:], rest, errors[12:])
+    w.finish(seed=2)
+    with open_dataset(path) as ds:
+        assert ds.n == 30
+        np.testing.assert_array_equal(ds.flux(np.arange(30)), flux)
+        split = ds.meta("split")
+        np.testing.assert_array_equal(split, assign_splits(meta["star_id"], seed=2))
+        stars = ds.meta("star_id")
+        for star in np.unique(stars):
+            assert np.unique(split[stars == star]).size == 1
+
+
+def test_writer_drops_uncommitted_rows_on_resume(tmp_path):
+    path = tmp_path / "d.h5"
+    flux, labels, errors, meta = _rows(10)
+    with DatasetWriter(path, NAMES) as w:
+        w.append(flux[:4], labels[:4], {k: v[:4] for k, v in meta.items()})
+        # A crash between growing the arrays and committing leaves extra rows behind.
+        w._file["flux"].resize(7, axis=0)
+    w = DatasetWriter(path, NAMES, resume=True)
+    assert w.n == 4 and w._file["flux"].shape[0] == 4
+    w.close()
+
+
+def test_writer_refuses_existing_and_mismatched(tmp_path):
+    path = tmp_path / "d.h5"
+    flux, labels, errors, meta = _rows(6)
+    write_dataset(path, flux, labels, NAMES, meta, errors)
+    with pytest.raises(OutputExistsError):
+        DatasetWriter(path, NAMES)
+    with pytest.raises(DatasetError, match="other labels"):
+        DatasetWriter(path, NAMES[:3], resume=True)
+    assert path.exists()  # a refused resume leaves the dataset where it was
+    w = DatasetWriter(path, NAMES, resume=True)  # a finished dataset reopens for appending
+    assert w.n == 6
+    w.close()
+    with DatasetWriter(tmp_path / "e.h5", NAMES) as w, pytest.raises(DatasetError, match="no spec"):
+        w.finish()

@@ -1,0 +1,279 @@
+"""prepare: preprocessing into the dataset, rejection, split by star, resume, bad files."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import shutil
+
+import numpy as np
+import pytest
+
+from lamost_rrnet import prepare as prepare_module
+from lamost_rrnet.crossmatch import crossmatch, read_catalogue, write_reference
+from lamost_rrnet.dataset import open_dataset
+from lamost_rrnet.prepare import Thresholds, prepare_dataset
+from lamost_rrnet.spectra.io import read_mrs
+from lamost_rrnet.spectra.preprocess import preprocess
+from synth_inputs import write_set
+
+# Row 1: 150 bad pixels (too many); row 2: a run of 40 (too long); row 4: corrupt; row 5: absent.
+BAD = {1: 150, 2: 40}
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sim")
+    cat, labels = write_set(root, n_stars=7, visits=2, seed=5, bad_rows=BAD)
+    result = crossmatch(cat, labels_file=labels)
+    ref = result.table
+    ref.sort("obsid")
+    (root / "spectra" / ref["filename"][4]).write_bytes(b"\x1f\x8b not a gzip stream")
+    (root / "spectra" / ref["filename"][5]).unlink()
+    write_reference(ref, root / "ref.fits")
+    return root
+
+
+def _rejects(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_prepare_end_to_end_with_rejects(sim, tmp_path, run_cli):
+    out = tmp_path / "dataset.h5"
+    code, stdout, stderr = run_cli(
+        "prepare",
+        sim / "ref.fits",
+        "--spectra-root",
+        sim / "spectra",
+        "-o",
+        out,
+        "--workers",
+        "1",
+        "--quiet",
+    )
+    assert code == 0, stderr
+    assert stdout == ""
+    rejects = {r["filename"]: r for r in _rejects(tmp_path / "dataset_rejects.csv")}
+    assert len(rejects) == 4
+    reasons = sorted(r["reason"] for r in rejects.values())
+    assert any("outlier pixels (more than 100)" in r for r in reasons)
+    assert any("outlier pixels in a row (more than 30)" in r for r in reasons)
+    assert any("not a readable FITS file" in r for r in reasons)
+    assert any("no such file" in r for r in reasons)
+    with open_dataset(out) as ds:
+        assert ds.n == 14 - 4
+        assert set(ds.meta("filename")).isdisjoint(rejects)
+        assert set(ds.meta("rv_source")) == {"catalogue"}
+        assert (ds.meta("n_outliers") <= 100).all() and (ds.meta("max_outlier_run") <= 30).all()
+        # Each row is exactly the rrnet2022 preprocessing of its file at the catalogue RV.
+        i = 3
+        mrs = read_mrs(sim / "spectra" / ds.meta("filename")[i])
+        expected = preprocess(mrs.coadd(), float(ds.meta("rv")[i]))
+        np.testing.assert_allclose(ds.flux([i])[0], expected, rtol=1e-5, atol=1e-6)
+        assert ds.label_names[0] == "Teff[K]" and np.isfinite(ds.labels()).all()
+        assert np.isfinite(ds.label_errors()).all()
+
+
+def test_thresholds_are_configurable(sim, tmp_path):
+    result = prepare_dataset(
+        sim / "ref.fits",
+        tmp_path / "d.h5",
+        spectra_root=sim / "spectra",
+        workers=1,
+        thresholds=Thresholds(max_outliers=200, max_outlier_run=200),
+        progress=False,
+    )
+    assert result.n_accepted == 14 - 2  # only the two bad files are rejected now
+    assert result.reasons == {"unreadable or unusable file": 2}
+
+
+def test_split_is_by_star_and_seeded(sim, tmp_path):
+    splits = []
+    for seed in (0, 0, 1):
+        path = tmp_path / f"d{len(splits)}.h5"
+        prepare_dataset(
+            sim / "ref.fits",
+            path,
+            spectra_root=sim / "spectra",
+            workers=1,
+            seed=seed,
+            fractions=(0.6, 0.2, 0.2),
+            progress=False,
+        )
+        with open_dataset(path) as ds:
+            stars, split = ds.meta("star_id"), ds.meta("split")
+            for star in np.unique(stars):
+                assert np.unique(split[stars == star]).size == 1, star
+            assert set(split) == {"train", "valid", "test"}
+            splits.append(split)
+    np.testing.assert_array_equal(splits[0], splits[1])
+    assert not np.array_equal(splits[0], splits[2])
+
+
+def test_interrupted_run_resumes_without_redoing_rows(sim, tmp_path, monkeypatch):
+    out = tmp_path / "d.h5"
+    processed = []
+    real = prepare_module.process_rows
+
+    def counting(tasks, *args):
+        if len(processed) == 2:
+            raise KeyboardInterrupt
+        processed.append([t.index for t in tasks])
+        return real(tasks, *args)
+
+    monkeypatch.setattr(prepare_module, "process_rows", counting)
+    kwargs = dict(spectra_root=sim / "spectra", workers=1, chunk_rows=3, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(sim / "ref.fits", out, **kwargs)
+    assert not out.exists() and out.with_name("d.h5.partial").exists()
+    first = sum(processed, [])
+    assert len(first) == 6
+
+    processed.clear()
+    monkeypatch.setattr(
+        prepare_module, "process_rows", lambda t, *a: processed.append(1) or real(t, *a)
+    )
+    result = prepare_dataset(sim / "ref.fits", out, resume=True, **kwargs)
+    assert len(processed) == 3  # the 8 rows left, in chunks of 3
+    assert result.n_accepted == 10 and result.n_rejected == 4
+    assert len(_rejects(tmp_path / "d_rejects.csv")) == 4
+
+    fresh = tmp_path / "fresh.h5"
+    prepare_dataset(sim / "ref.fits", fresh, **kwargs)
+    with open_dataset(out) as a, open_dataset(fresh) as b:
+        np.testing.assert_array_equal(a.meta("filename"), b.meta("filename"))
+        np.testing.assert_array_equal(a.flux(np.arange(a.n)), b.flux(np.arange(b.n)))
+        np.testing.assert_array_equal(a.meta("split"), b.meta("split"))
+
+    processed.clear()  # resuming a finished dataset does nothing and keeps it valid
+    result = prepare_dataset(sim / "ref.fits", out, resume=True, **kwargs)
+    assert processed == [] and result.n_accepted == 10
+
+
+def test_worker_processes_give_the_same_dataset(sim, tmp_path):
+    kwargs = dict(spectra_root=sim / "spectra", chunk_rows=4, progress=False)
+    prepare_dataset(sim / "ref.fits", tmp_path / "one.h5", workers=1, **kwargs)
+    prepare_dataset(sim / "ref.fits", tmp_path / "two.h5", workers=2, **kwargs)
+    with open_dataset(tmp_path / "one.h5") as a, open_dataset(tmp_path / "two.h5") as b:
+        np.testing.assert_array_equal(a.meta("obsid"), b.meta("obsid"))
+        np.testing.assert_array_equal(a.flux(np.arange(a.n)), b.flux(np.arange(b.n)))
+
+
+def test_missing_rv_is_estimated(sim, tmp_path, monkeypatch):
+    ref = read_catalogue(sim / "ref.fits")
+    truth = np.array(ref["rv"])
+    ref["rv"][[0, 3]] = np.nan
+    write_reference(ref, tmp_path / "ref.fits")
+    calls = []
+
+    def fake_estimate(spectrum):
+        calls.append(spectrum.filename)
+        return float(truth[list(ref["filename"]).index(spectrum.filename)])
+
+    monkeypatch.setattr(prepare_module, "_estimate_rv", fake_estimate)
+    prepare_dataset(
+        tmp_path / "ref.fits",
+        tmp_path / "d.h5",
+        spectra_root=sim / "spectra",
+        workers=1,
+        progress=False,
+    )
+    with open_dataset(tmp_path / "d.h5") as ds:
+        source = dict(zip(ds.meta("filename"), ds.meta("rv_source"), strict=True))
+    estimated = {f for f, s in source.items() if s == "ccf"}
+    assert estimated == set(calls) and len(estimated) == 2
+
+
+def test_missing_rv_uses_the_package_estimator(tmp_path, real_spectra):
+    from astropy.table import Table
+
+    from lamost_rrnet.spectra.rv import estimate_rv
+
+    name = "med-58644-TD192102N424113K01_sp12-076.fits.gz"
+    ref = Table()
+    ref["obsid"] = [1]
+    ref["filename"] = [name]
+    ref["extname_blue"], ref["extname_red"] = ["COADD_B"], ["COADD_R"]
+    ref["snr_blue"], ref["snr_red"], ref["rv"] = [52.0], [80.0], [np.nan]
+    ref["star_id"] = ["J192814.09+435531.0"]
+    ref["Teff[K]"], ref["Teff[K]_err"] = [5000.0], [50.0]
+    write_reference(ref, tmp_path / "ref.fits")
+    prepare_dataset(
+        tmp_path / "ref.fits",
+        tmp_path / "d.h5",
+        spectra_root=real_spectra[name].parent,
+        workers=1,
+        fractions=(1, 0, 0),
+        progress=False,
+    )
+    expected, _ = estimate_rv(read_mrs(real_spectra[name]).coadd())
+    with open_dataset(tmp_path / "d.h5") as ds:
+        assert ds.meta("rv_source")[0] == "ccf"
+        assert ds.meta("rv")[0] == pytest.approx(expected)
+
+
+def test_gzip_name_mismatch_is_tolerated(sim, tmp_path):
+    root = tmp_path / "spectra"
+    shutil.copytree(sim / "spectra", root)
+    for name in read_catalogue(sim / "ref.fits")["filename"][6:9]:
+        gz = root / name
+        gz.with_name(gz.name[:-3]).write_bytes(gzip.decompress(gz.read_bytes()))
+        gz.unlink()
+    result = prepare_dataset(
+        sim / "ref.fits", tmp_path / "d.h5", spectra_root=root, workers=1, progress=False
+    )
+    assert result.n_accepted == 10
+
+
+def test_all_rejected_is_an_error(sim, tmp_path, run_cli):
+    (tmp_path / "empty").mkdir()
+    code, _, stderr = run_cli(
+        "prepare",
+        sim / "ref.fits",
+        "--spectra-root",
+        tmp_path / "empty",
+        "-o",
+        tmp_path / "d.h5",
+        "--workers",
+        "1",
+        "--quiet",
+    )
+    assert code == 1 and "no spectra were accepted" in stderr
+    assert not (tmp_path / "d.h5").exists()
+    rejects = _rejects(tmp_path / "d_rejects.csv")
+    assert len(rejects) == 14 and all("no such file" in r["reason"] for r in rejects)
+
+
+@pytest.mark.parametrize(
+    "args, code",
+    [
+        (["--split", "7:1"], 2),
+        (["--split", "a:b:c"], 2),
+        (["--workers", "0"], 2),
+        (["--resume", "--overwrite"], 2),
+        (["--preprocessing", "no-such-spec"], 2),
+    ],
+)
+def test_invalid_options(sim, tmp_path, run_cli, args, code):
+    got, _, _ = run_cli(
+        "prepare",
+        sim / "ref.fits",
+        "--spectra-root",
+        sim / "spectra",
+        "-o",
+        tmp_path / "d.h5",
+        *args,
+    )
+    assert got == code
+
+
+def test_bad_reference_and_existing_output_exit_1(sim, tmp_path, run_cli):
+    ref = read_catalogue(sim / "ref.fits")
+    ref.remove_column("star_id")
+    ref.write(tmp_path / "ref.csv")
+    code, _, stderr = run_cli("prepare", tmp_path / "ref.csv", "-o", tmp_path / "d.h5")
+    assert code == 1 and "missing column(s) star_id" in " ".join(stderr.split())
+    (tmp_path / "e.h5").write_text("x")
+    code, _, stderr = run_cli("prepare", sim / "ref.fits", "-o", tmp_path / "e.h5")
+    assert code == 1 and "exists" in stderr
