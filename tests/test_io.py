@@ -162,3 +162,19 @@ def test_unusable_arms_are_spectrum_errors(tmp_path, change, message):
     path = write_mrs(tmp_path / "bad.fits", HEADER, arms)
     with pytest.raises(SpectrumError, match=rf"bad.fits\[COADD_R\].*{message}"):
         read_mrs(path).coadd()
+
+
+@pytest.mark.parametrize("layout", ["dr7", "dr9"])
+def test_written_files_are_valid_fits_for_astropy(tmp_path, layout):
+    from astropy.io import fits
+
+    arms = _arms()
+    path = write_mrs(tmp_path / "x.fits.gz", HEADER, arms, layout=layout)
+    with fits.open(path) as hdul:
+        hdul.verify("exception")
+        assert hdul[0].header["EXTNAME"] == "Information"
+        assert hdul[0].header["DESIG"] == HEADER["DESIG"]
+        data = hdul["COADD_B"].data
+        flux = data["FLUX"][0] if layout == "dr9" else data["FLUX"]
+        np.testing.assert_array_equal(flux, arms[0].flux)
+        assert hdul["B-83555758"].header["LMJM"] == "83555758"

@@ -201,21 +201,23 @@ def _normalize_arm_batch(
     y = y / s_f
     lo, hi = spec.fit_clip
     fit = np.empty(y.shape, np.float64)
-    active = np.arange(y.shape[0])
+    rows = np.arange(y.shape[0])  # rows still changing; y holds only those
     with np.errstate(invalid="ignore", divide="ignore"):
         for _ in range(MAX_ITERATIONS):
-            if active.size == 0:
-                break
-            ya = y[active]
-            fa = fitter.fit(ya.astype(np.float64))
-            fit[active] = fa
-            e = fa - ya
-            s = np.std(e, axis=1, keepdims=True)
+            fa = fitter.fit(y)
+            e = fa - y
+            centred = e - e.mean(axis=1, keepdims=True)
+            s = np.sqrt(np.einsum("ij,ij->i", centred, centred) / e.shape[1])[:, None]
             bad = (e <= -lo * s) | (e >= hi * s)
+            np.copyto(y, fa, casting="same_kind", where=bad)  # the fit, cast to float32
             changed = bad.any(axis=1)
-            ya = np.where(bad, fa.astype(np.float32), ya)
-            y[active] = ya
-            active = active[changed]
+            if not changed.all():
+                fit[rows[~changed]] = fa[~changed]
+                rows, y = rows[changed], y[changed]
+                if rows.size == 0:
+                    break
+        else:
+            fit[rows] = fa
         continuum = fit * s_f + mu_f
         return (f / continuum).astype(np.float32)
 
