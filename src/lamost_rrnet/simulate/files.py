@@ -294,9 +294,11 @@ def _observation_arms(
     return ordered, snrs
 
 
-def _primary_header(visit: Visit, ra: float, dec: float, layout: str, helio: float) -> fits.Header:
-    header = fits.Header()
-    cards = [
+def _primary_header(
+    visit: Visit, ra: float, dec: float, layout: str, helio: float
+) -> list[tuple[str, object, str]]:
+    """(keyword, value, comment) triples, as ``encode_mrs`` takes them: no astropy cards."""
+    return [
         ("FILENAME", visit.filename, "File name (without compression suffix)"),
         ("OBSID", visit.obsid, "Unique number ID of this spectrum"),
         ("AUTHOR", "lamost-rrnet simulate", "Who compiled the information"),
@@ -328,9 +330,6 @@ def _primary_header(visit: Visit, ra: float, dec: float, layout: str, helio: flo
         ("HELIO_RV", round(helio, 5), "[km/s] Heliocentric correction"),
         ("VACUUM", True, "Wavelengths are in vacuum"),
     ]
-    for key, value, comment in cards:
-        header[key] = (value, comment)
-    return header
 
 
 def _prepare_directory(out: Path, overwrite: bool, resume: bool) -> None:

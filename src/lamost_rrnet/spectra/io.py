@@ -12,7 +12,7 @@ import gzip
 import os
 import re
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -441,24 +441,34 @@ def _arm_table(arm: Arm, layout: str) -> bytes:
 _STRUCTURAL = ("SIMPLE", "BITPIX", "NAXIS", "EXTEND", "EXTNAME", "END")
 
 
+HeaderLike = Mapping | fits.Header | Sequence[tuple[str, object, str]]
+
+
+def _header_entries(header: HeaderLike) -> list[tuple[str, object, str]]:
+    if isinstance(header, fits.Header):
+        return [(c.keyword, c.value, c.comment) for c in header.cards]
+    if isinstance(header, Mapping):
+        return [(k, v, "") for k, v in header.items()]
+    return [(k, v, c) for k, v, c in header]
+
+
 def encode_mrs(
-    header: Mapping | fits.Header,
+    header: HeaderLike,
     arms: Iterable[Arm],
     layout: str = "dr7",
     compresslevel: int | None = 1,
 ) -> bytes:
     """The bytes of an MRS file; gzip-compressed (reproducibly, mtime 0) unless level is None.
 
+    ``header`` holds the primary header's keywords: a mapping, an astropy Header, or
+    (keyword, value, comment) triples.
+
     The FITS structure is written directly (cards and big-endian tables): astropy's general
     writer took ~75 ms a file, which made writing large simulated sets slow.
     """
     cards = [_card("SIMPLE", True, "conforms to FITS standard"), _card("BITPIX", 16),
              _card("NAXIS", 0), _card("EXTEND", True)]  # fmt: skip
-    if isinstance(header, fits.Header):
-        entries = [(c.keyword, c.value, c.comment) for c in header.cards]
-    else:
-        entries = [(k, v, "") for k, v in header.items()]
-    for key, value, comment in entries:
+    for key, value, comment in _header_entries(header):
         if key.upper() not in _STRUCTURAL and not (isinstance(value, float) and value != value):
             cards.append(_card(key, value, comment))
     cards.append(_card("EXTNAME", "Information", "The extension name"))
@@ -471,7 +481,7 @@ def encode_mrs(
 
 def write_mrs(
     path: str | os.PathLike[str],
-    header: Mapping | fits.Header,
+    header: HeaderLike,
     arms: Iterable[Arm],
     layout: str = "dr7",
     compresslevel: int = 1,
