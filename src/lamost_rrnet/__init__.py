@@ -1,6 +1,7 @@
 """lamost-rrnet: RRNet stellar labels from LAMOST medium-resolution spectra."""
 
 from lamost_rrnet._version import __version__
+from lamost_rrnet.catalog import catalogue_columns
 from lamost_rrnet.errors import (
     CatalogueError,
     CoverageError,
@@ -10,6 +11,7 @@ from lamost_rrnet.errors import (
     RRNetError,
     SpectrumError,
 )
+from lamost_rrnet.predict import predict_files
 from lamost_rrnet.spectra.io import Arm, MRSFile, Spectrum, read_mrs, write_mrs
 from lamost_rrnet.spectra.preprocess import (
     RRNET2022,
@@ -34,10 +36,35 @@ __all__ = [
     "Spectrum",
     "SpectrumError",
     "__version__",
+    "catalogue_columns",
     "normalize",
     "outlier_stats",
+    "predict_files",
     "preprocess",
     "read_mrs",
     "resample",
     "write_mrs",
+    "Ensemble",
+    "LabelGroup",
+    "Normalization",
+    "load_model",
+    "train_ensemble",
 ]
+
+# The model API needs torch; it is imported on first use so that `lamost-rrnet --help` and
+# the spectrum tools stay fast.
+_LAZY = {
+    "Ensemble": "lamost_rrnet.ensemble",
+    "LabelGroup": "lamost_rrnet.ensemble",
+    "Normalization": "lamost_rrnet.ensemble",
+    "load_model": "lamost_rrnet.hub",
+    "train_ensemble": "lamost_rrnet.training",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lamost_rrnet' has no attribute {name!r}")

@@ -118,6 +118,9 @@ def _register() -> None:
     from lamost_rrnet.cli import inspect
 
     app.command("inspect")(inspect.inspect_command)
+    from lamost_rrnet.cli import models
+
+    app.add_typer(models.app, name="models")
     from lamost_rrnet.cli import crossmatch, prepare
 
     app.command("crossmatch")(crossmatch.crossmatch_command)
@@ -128,6 +131,15 @@ def _register() -> None:
     from lamost_rrnet.cli import evaluate
 
     app.command("evaluate")(evaluate.evaluate_command)
+    from lamost_rrnet.cli import train
+
+    app.command("train")(train.train_command)
+    from lamost_rrnet.cli import simulate
+
+    app.command("simulate")(simulate.simulate_command)
+    from lamost_rrnet.cli import demo
+
+    app.command("demo")(demo.demo_command)
 
 
 _register()

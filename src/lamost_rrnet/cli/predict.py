@@ -1,0 +1,98 @@
+"""``lamost-rrnet predict``: LAMOST MRS files in, the labelled catalogue out."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+_OUTPUT_HELP = (
+    "Catalogue to write: .fits, .csv or .parquet; '-' writes CSV to stdout. Without it, CSV "
+    "goes to stdout."
+)
+
+
+def _check_paths(paths: list[str]) -> None:
+    for path in paths:
+        if not any(c in path for c in "*?[") and not os.path.exists(path):
+            raise typer.BadParameter(f"{path}: no such file or directory", param_hint="PATHS")
+
+
+def predict_command(
+    ctx: typer.Context,
+    paths: list[str] = typer.Argument(
+        None,
+        help="MRS files, directories (searched for *.fits, *.fits.gz) or quoted glob patterns.",
+        show_default=False,
+    ),
+    list_file: Path | None = typer.Option(
+        None, "--list", exists=True, dir_okay=False, help="A file with one input path per line."
+    ),
+    output: str = typer.Option("-", "-o", "--output", help=_OUTPUT_HELP),
+    catalogue: Path | None = typer.Option(
+        None,
+        "--catalogue",
+        exists=True,
+        dir_okay=False,
+        help="LAMOST catalogue (CSV/FITS/Parquet) with the RVs, joined by obsid or file name.",
+    ),
+    rv_column: str | None = typer.Option(
+        None,
+        "--rv-column",
+        help="RV column of --catalogue (default: first of rv, rv_ku0, rv_br0, rv_lasp0).",
+    ),
+    model: str = typer.Option(
+        "rrnet2022", "--model", help="Registry name, model directory or published-layout directory."
+    ),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Spectra per model batch."),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=0,
+        help="Processes that read and preprocess; 0: none (default: 2/3 of the cores, at least 1).",
+        show_default=False,
+    ),
+    exposures: bool = typer.Option(
+        False, "--exposures", help="One row per single exposure instead of per coadd."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue a killed run, or add new spectra to an output."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+) -> None:
+    """Estimate Teff, log g and 15 abundances for LAMOST MRS spectra; write the catalogue."""
+    from lamost_rrnet.catalog import output_format
+    from lamost_rrnet.cli.common import info, options
+    from lamost_rrnet.predict import predict_files
+
+    paths = paths or []
+    if not paths and list_file is None:
+        raise typer.BadParameter("give input files, directories or --list FILE", param_hint="PATHS")
+    _check_paths(paths)
+    try:
+        output_format(output)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--output") from exc
+    if resume and overwrite:
+        raise typer.BadParameter("use either --resume or --overwrite", param_hint="--resume")
+    if output == "-" and (resume or overwrite):
+        raise typer.BadParameter("needs an output file, not stdout", param_hint="--resume")
+    opts = options(ctx)
+    summary = predict_files(
+        paths,
+        model=model,
+        catalogue=catalogue,
+        rv_column=rv_column,
+        output=output,
+        exposures=exposures,
+        batch_size=batch_size,
+        workers=workers,
+        resume=resume,
+        overwrite=overwrite,
+        progress=not opts.quiet,
+        device=opts.device,
+        list_file=list_file,
+        threads=opts.threads,
+    )
+    info(ctx, summary.text())

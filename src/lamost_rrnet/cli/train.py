@@ -1,0 +1,248 @@
+"""``lamost-rrnet train``: prepared dataset → deep-ensemble model directory.
+
+Every option can also come from an environment variable ``LAMOST_RRNET_TRAIN_<OPTION>``
+(e.g. ``LAMOST_RRNET_TRAIN_BATCH_SIZE``) or from a ``--config`` YAML file of ``option: value``
+pairs; the precedence is command line > environment > config file > default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from lamost_rrnet.cli.common import info, options
+
+ENV_PREFIX = "LAMOST_RRNET_TRAIN_"
+
+
+def _env(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _load_config(ctx: typer.Context, param, value: Path | None) -> Path | None:
+    """Eager: the YAML file's values become the defaults of the other options, so that the
+    command line and the environment still override them."""
+    if value is None:
+        return value
+    import yaml
+
+    try:
+        data = yaml.safe_load(value.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise typer.BadParameter(f"{value}: cannot read it ({exc})", param_hint="--config") from exc
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{value}: must map option names to values", param_hint="--config")
+    known = {p.name for p in ctx.command.params} - {"config", "dataset"}
+    defaults = {}
+    for key, item in data.items():
+        name = str(key).lstrip("-").replace("-", "_")
+        if name not in known:
+            raise typer.BadParameter(
+                f"{value}: unknown option {key!r} (known: {', '.join(sorted(known))})",
+                param_hint="--config",
+            )
+        if isinstance(item, list):
+            item = ",".join(str(v) for v in item)
+        defaults[name] = item
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+def _int_list(text: str, hint: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r}: use integers separated by commas", param_hint=hint
+        ) from None
+
+
+def train_command(
+    ctx: typer.Context,
+    dataset: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="Dataset (.h5) written by prepare."
+    ),
+    output: Path = typer.Option(
+        ...,
+        "-o",
+        "--output",
+        file_okay=False,
+        envvar=_env("output"),
+        show_envvar=False,
+        help="Model directory.",
+    ),
+    members: int = typer.Option(
+        6,
+        "--members",
+        min=1,
+        envvar=_env("members"),
+        show_envvar=False,
+        help="Members per label group.",
+    ),
+    arch: str = typer.Option(
+        "rrnet",
+        "--arch",
+        envvar=_env("arch"),
+        show_envvar=False,
+        help="rrnet, resnet, starnet or starnet-r.",
+    ),
+    groups: str = typer.Option(
+        "paper",
+        "--groups",
+        envvar=_env("groups"),
+        show_envvar=False,
+        help="paper (SP: Teff, log g, [Fe/H]; CA: the rest), single, or a YAML file.",
+    ),
+    epochs: int = typer.Option(30, "--epochs", min=1, envvar=_env("epochs"), show_envvar=False),
+    batch_size: int = typer.Option(
+        256, "--batch-size", min=1, envvar=_env("batch_size"), show_envvar=False
+    ),
+    lr: float = typer.Option(
+        5e-4, "--lr", envvar=_env("lr"), show_envvar=False, help="Adam learning rate."
+    ),
+    noise_prob: float = typer.Option(
+        0.25,
+        "--noise-prob",
+        min=0.0,
+        max=1.0,
+        envvar=_env("noise_prob"),
+        show_envvar=False,
+        help="Probability that a z-scored flux pixel gets N(0,1) noise.",
+    ),
+    noise_from_epoch: int = typer.Option(
+        6, "--noise-from-epoch", min=1, envvar=_env("noise_from_epoch"), show_envvar=False
+    ),
+    seed: int = typer.Option(0, "--seed", envvar=_env("seed"), show_envvar=False),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        envvar=_env("resume"),
+        show_envvar=False,
+        help="Continue a run from its checkpoint.",
+    ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        envvar=_env("overwrite"),
+        show_envvar=False,
+        help="Start again over an earlier run.",
+    ),
+    devices: str | None = typer.Option(
+        None,
+        "--devices",
+        envvar=_env("devices"),
+        show_envvar=False,
+        help="Spread each group's members over devices, e.g. cuda:0,cuda:1.",
+    ),
+    max_minutes: float | None = typer.Option(
+        None,
+        "--max-minutes",
+        envvar=_env("max_minutes"),
+        show_envvar=False,
+        help="Stop after the epoch that would overrun this budget (resume later).",
+    ),
+    nr: str | None = typer.Option(
+        None,
+        "--nr",
+        envvar=_env("nr"),
+        show_envvar=False,
+        help="RRNet residual channels, e.g. 4,8,16.",
+    ),
+    ns: int | None = typer.Option(
+        None,
+        "--ns",
+        min=1,
+        envvar=_env("ns"),
+        show_envvar=False,
+        help="Sub-bands of the recurrent layer.",
+    ),
+    mode: str | None = typer.Option(
+        None,
+        "--mode",
+        envvar=_env("mode"),
+        show_envvar=False,
+        help="RRNet mode: post-RNN, pre-RNN or raw.",
+    ),
+    dropout: float | None = typer.Option(
+        None, "--dropout", min=0.0, max=0.95, envvar=_env("dropout"), show_envvar=False
+    ),
+    name: str | None = typer.Option(
+        None,
+        "--name",
+        envvar=_env("name"),
+        show_envvar=False,
+        help="Model name (default: the directory name).",
+    ),
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        exists=True,
+        dir_okay=False,
+        is_eager=True,
+        callback=_load_config,
+        help="YAML file of option: value defaults.",
+    ),
+) -> None:
+    """Train a deep ensemble (the paper's recipe) and write a model directory.
+
+    Options may also come from LAMOST_RRNET_TRAIN_<OPTION> environment variables or a
+    --config YAML file; the command line wins, then the environment, then the file.
+    """
+    from lamost_rrnet.devices import select_device
+    from lamost_rrnet.models import create_model, list_models
+    from lamost_rrnet.training import train_ensemble
+
+    if resume and overwrite:
+        raise typer.BadParameter("give --resume or --overwrite, not both", param_hint="--resume")
+    for value, hint in ((lr, "--lr"), (max_minutes, "--max-minutes")):
+        if value is not None and not value > 0:
+            raise typer.BadParameter(f"{value}: must be positive", param_hint=hint)
+    if arch not in list_models():
+        raise typer.BadParameter(
+            f"{arch!r}: choose one of {', '.join(list_models())}", param_hint="--arch"
+        )
+    if groups not in ("paper", "single") and not Path(groups).is_file():
+        raise typer.BadParameter(
+            f"{groups!r}: use paper, single or an existing YAML file", param_hint="--groups"
+        )
+    arch_kwargs: dict = {}
+    if nr is not None:
+        arch_kwargs["Nr"] = _int_list(nr, "--nr")
+    for key, value in (("Ns", ns), ("mode", mode), ("dropout", dropout)):
+        if value is not None:
+            arch_kwargs[key] = value
+    try:
+        create_model(arch, 1, **arch_kwargs)
+    except (TypeError, ValueError) as exc:
+        raise typer.BadParameter(f"{arch} {arch_kwargs}: {exc}", param_hint="--arch") from exc
+    device_list = [d.strip() for d in devices.split(",") if d.strip()] if devices else None
+    for device in device_list or []:
+        try:
+            select_device(device)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--devices") from exc
+
+    opts = options(ctx)
+    train_ensemble(
+        dataset,
+        output,
+        members=members,
+        arch=arch,
+        groups=groups,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        noise_prob=noise_prob,
+        noise_from_epoch=noise_from_epoch,
+        seed=seed,
+        device=opts.device,
+        resume=resume,
+        devices=device_list,
+        arch_kwargs=arch_kwargs,
+        max_minutes=max_minutes,
+        overwrite=overwrite,
+        name=name,
+        progress=not opts.quiet,
+    )
+    info(ctx, f"predict with: lamost-rrnet predict SPECTRA --model {output}")

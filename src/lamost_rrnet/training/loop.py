@@ -1,0 +1,431 @@
+"""``train_ensemble``: a deep ensemble from a prepared dataset, resumable epoch by epoch.
+
+Every label group has M members. On each device a group's members are one shard, trained as
+one batched computation (:mod:`lamost_rrnet.training.stacked`); ``devices`` splits them into
+one shard per device. The shards of all groups run concurrently in threads (on a CPU they
+share its torch threads). Epochs run in step for every group, so a checkpoint, a time budget
+and the history always cover whole epochs of all groups.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lamost_rrnet._version import __version__
+from lamost_rrnet.dataset import open_dataset
+from lamost_rrnet.devices import select_device
+from lamost_rrnet.ensemble import Ensemble, LabelGroup
+from lamost_rrnet.errors import OutputExistsError, RRNetError
+from lamost_rrnet.models import create_model, list_models
+from lamost_rrnet.progress import make_progress, stderr_console
+from lamost_rrnet.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from lamost_rrnet.training.data import TrainingData, load_training_data
+from lamost_rrnet.training.groups import GroupSpec, resolve_groups
+from lamost_rrnet.training.history import (
+    HISTORY_FILE,
+    LOSS_CURVE_FILE,
+    TENSORBOARD_DIR,
+    TensorBoardLog,
+    plot_loss_curves,
+    write_history,
+)
+from lamost_rrnet.training.members import MemberEpoch, Recipe, Shard
+from lamost_rrnet.training.stacked import StackedNet
+
+#: Called after each completed (and checkpointed) epoch with its number and history rows.
+EpochCallback = Callable[[int, list[dict]], None]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that decides the trained weights; a resumed run must match all but epochs."""
+
+    members: int
+    arch: str
+    arch_kwargs: dict
+    groups: dict
+    epochs: int
+    seed: int
+    recipe: Recipe
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["groups"] = {k: list(v) for k, v in self.groups.items()}
+        return data
+
+
+def _check_arguments(members: int, arch: str, epochs: int, recipe: Recipe) -> None:
+    if members < 1:
+        raise ValueError(f"members must be at least 1, not {members}")
+    if arch not in list_models():
+        raise ValueError(f"unknown architecture {arch!r}: choose one of {', '.join(list_models())}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, not {epochs}")
+    if recipe.batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {recipe.batch_size}")
+    if not recipe.lr > 0:
+        raise ValueError(f"lr must be positive, not {recipe.lr}")
+    if not 0 <= recipe.noise_prob <= 1:
+        raise ValueError(f"noise_prob must be within 0-1, not {recipe.noise_prob}")
+    if recipe.noise_from_epoch < 1:
+        raise ValueError(f"noise_from_epoch counts from 1, not {recipe.noise_from_epoch}")
+
+
+def _layout(
+    n_groups: int, device: str, devices: Sequence[str] | None
+) -> tuple[list[torch.device], int, int]:
+    """(the device of each shard of a group, concurrent workers, torch threads per worker).
+
+    A group's members on one device are one stack. The stacks of different groups and
+    devices run concurrently; on a CPU they share its threads.
+    """
+    threads = torch.get_num_threads()
+    targets = [select_device(d) for d in devices] if devices else [select_device(device)]
+    n_shards = len(targets) * n_groups
+    if all(t.type == "cpu" for t in targets):
+        workers = max(1, min(threads, n_shards))
+        return targets, workers, max(1, threads // workers)
+    return targets, n_shards, threads
+
+
+def _split(indices: Sequence[int], parts: int) -> list[list[int]]:
+    """Contiguous, near-equal parts of ``indices`` (no empty ones)."""
+    bounds = np.linspace(0, len(indices), parts + 1).round().astype(int)
+    return [list(indices[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _history_rows(group: GroupSpec, epoch: int, lr: float, seconds: float, results) -> list[dict]:
+    rows = []
+    for r in results:
+        row = {
+            "group": group.name,
+            "member": r.member,
+            "epoch": epoch,
+            "lr": lr,
+            "seconds": round(seconds, 3),
+            "train_loss": r.train_loss,
+            "valid_loss": r.valid_loss,
+            "best": int(r.best),
+        }
+        for label, train_mae, valid_mae in zip(group.labels, r.train_mae, r.valid_mae, strict=True):
+            row[f"train_mae_{label}"] = float(train_mae)
+            row[f"valid_mae_{label}"] = float(valid_mae)
+        rows.append(row)
+    return rows
+
+
+def _summary(epoch: int, epochs: int, lr: float, seconds: float, rows: list[dict]) -> str:
+    parts = []
+    for group in dict.fromkeys(r["group"] for r in rows):
+        train = np.array([r["train_loss"] for r in rows if r["group"] == group])
+        valid = np.array([r["valid_loss"] for r in rows if r["group"] == group])
+        parts.append(f"{group}: train {train.mean():.4f}, valid {valid.mean():.4f}")
+    return f"epoch {epoch}/{epochs}  lr {lr:.1e}  " + "; ".join(parts) + f"  ({seconds:.1f} s)"
+
+
+class _Run:
+    """The state of one training run: its groups' shards and its history."""
+
+    def __init__(self, settings: Settings, groups: list[GroupSpec], data: TrainingData, layout):
+        self.settings = settings
+        self.groups = groups
+        self.data = data
+        targets, self.workers, self.threads = layout
+        self.shards: dict[str, list[Shard]] = {}
+        for group in groups:
+            parts = _split(range(settings.members), min(len(targets), settings.members))
+            self.shards[group.name] = [
+                Shard(
+                    group.name,
+                    len(group.labels),
+                    part,
+                    settings.arch,
+                    settings.arch_kwargs,
+                    settings.seed,
+                    target,
+                )
+                for part, target in zip(parts, targets, strict=False)
+            ]
+        if not all(isinstance(s.stack, StackedNet) for s in self.all_shards()):
+            # Members without a stacked forward draw dropout from the global generator: one
+            # worker keeps the draws in a fixed order.
+            self.workers = 1
+        self.history: list[dict] = []
+        self.epoch = 0
+
+    def all_shards(self) -> list[Shard]:
+        return [s for shards in self.shards.values() for s in shards]
+
+    def n_batches(self) -> int:
+        size = self.settings.recipe.batch_size
+        return sum(
+            len(self.shards[g.name]) * math.ceil(self.data.groups[g.name]["train"].rows.size / size)
+            for g in self.groups
+        )
+
+    def run_epoch(self, epoch: int, pool: ThreadPoolExecutor, advance) -> list[dict]:
+        recipe = self.settings.recipe
+        norm = self.data.normalization
+
+        def work(item: tuple[GroupSpec, Shard]) -> tuple[GroupSpec, list[MemberEpoch], float]:
+            group, shard = item
+            start = time.perf_counter()
+            results = shard.run_epoch(
+                epoch,
+                recipe,
+                self.data.flux,
+                self.data.groups[group.name],
+                norm.label_std[norm.index(group.labels)],
+                advance,
+            )
+            return group, results, time.perf_counter() - start
+
+        items = [(g, s) for g in self.groups for s in self.shards[g.name]]
+        rows = []
+        for group, results, seconds in pool.map(work, items):
+            rows += _history_rows(group, epoch, recipe.lr_at(epoch), seconds, results)
+        self.history += rows
+        self.epoch = epoch
+        return rows
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def state(self) -> dict:
+        norm = self.data.normalization
+        return {
+            "settings": self.settings.to_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "label_mean": torch.from_numpy(norm.label_mean.copy()),
+            "flux_mean": torch.from_numpy(norm.flux_mean.copy()),
+            "members": {
+                name: [m for shard in shards for m in shard.export()]
+                for name, shards in self.shards.items()
+            },
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def restore(self, state: dict, path: Path) -> None:
+        old, new = dict(state["settings"]), self.settings.to_dict()
+        old.pop("epochs", None)
+        new.pop("epochs")
+        for key in new:
+            if old.get(key) != new[key]:
+                raise RRNetError(
+                    f"{path}: written with {key}={old.get(key)!r}, not {new[key]!r}; resume "
+                    "with the same settings, or start again with --overwrite"
+                )
+        norm = self.data.normalization
+        if not (
+            np.array_equal(state["flux_mean"].numpy(), norm.flux_mean)
+            and np.array_equal(state["label_mean"].numpy(), norm.label_mean)
+        ):
+            raise RRNetError(f"{path}: the dataset changed since this checkpoint was written")
+        for name, shards in self.shards.items():
+            members = {m["index"]: m for m in state["members"][name]}
+            for shard in shards:
+                shard.restore([members[i] for i in shard.indices])
+        torch.set_rng_state(state["torch_rng"])
+        self.history = list(state["history"])
+        self.epoch = int(state["epoch"])
+
+    # -- the model -----------------------------------------------------------------------
+
+    def ensemble(self, name: str, provenance: dict) -> Ensemble:
+        s = self.settings
+        groups = []
+        for group in self.groups:
+            members = []
+            for shard in self.shards[group.name]:
+                for state in shard.best:
+                    member = create_model(s.arch, len(group.labels), **s.arch_kwargs)
+                    member.load_state_dict(state)
+                    members.append(member)
+            groups.append(LabelGroup(group.name, list(group.labels), members))
+        labels = [label for g in self.groups for label in g.labels]
+        return Ensemble(
+            name,
+            "1",
+            {"name": s.arch, "kwargs": s.arch_kwargs},
+            groups,
+            self.data.normalization,
+            self.data.preprocessing,
+            {label: self.data.label_ranges[label] for label in labels},
+            provenance,
+        )
+
+
+def _prepare_output(out_dir: Path, resume: bool, overwrite: bool) -> dict | None:
+    """The checkpoint to resume from, if any; refuses to train over an earlier run."""
+    checkpoint = out_dir / CHECKPOINT_FILE
+    if resume and checkpoint.is_file():
+        return load_checkpoint(checkpoint)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExistsError(f"{out_dir}: exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        if resume:
+            raise OutputExistsError(
+                f"{out_dir}: no {CHECKPOINT_FILE} to resume from; use --overwrite to start again"
+            )
+        raise OutputExistsError(
+            f"{out_dir}: not empty; use --resume to continue a run or --overwrite to start again"
+        )
+    checkpoint.unlink(missing_ok=True)
+    return None
+
+
+def train_ensemble(
+    dataset_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    members: int = 6,
+    arch: str = "rrnet",
+    groups: str | os.PathLike[str] | Mapping[str, Sequence[str]] = "paper",
+    epochs: int = 30,
+    batch_size: int = 256,
+    lr: float = 5e-4,
+    noise_prob: float = 0.25,
+    noise_from_epoch: int = 6,
+    seed: int = 0,
+    device: str = "auto",
+    resume: bool = False,
+    *,
+    devices: Sequence[str] | None = None,
+    arch_kwargs: Mapping | None = None,
+    max_minutes: float | None = None,
+    overwrite: bool = False,
+    name: str | None = None,
+    progress: bool = True,
+    callback: EpochCallback | None = None,
+) -> Ensemble:
+    """Train a deep ensemble on ``dataset_path`` and save it as a model directory ``out_dir``.
+
+    The recipe is the paper's (FACTS.md §5): Gaussian NLL with a variance floor, Adam at
+    ``lr`` with StepLR(10, 0.1), ``epochs`` epochs of ``batch_size``, from epoch
+    ``noise_from_epoch`` on N(0,1) noise added to each z-scored flux pixel with probability
+    ``noise_prob``, and each member's weights of its best validation loss. ``groups`` is
+    ``paper`` (SP: Teff, log g, [Fe/H]; CA: the other 14), ``single`` (every dataset label in
+    one group), a YAML file or a mapping of group name → labels; each group gets ``members``
+    members seeded from ``seed``. ``devices`` (e.g. ``["cuda:0", "cuda:1"]``) spreads each
+    group's members over several devices; otherwise ``device`` is used.
+
+    ``out_dir`` receives, after every epoch, ``checkpoint.pt`` and ``history.csv`` (and
+    TensorBoard logs when TensorBoard is installed); at the end ``loss_curve.png`` and the
+    model files. ``resume=True`` continues from the checkpoint (or starts when ``out_dir`` is
+    empty or absent) and gives the weights an uninterrupted run would have. ``max_minutes``
+    stops after the epoch that would otherwise overrun it, and saves the best weights so far.
+    """
+    started = time.perf_counter()
+    recipe = Recipe(batch_size, lr, noise_prob=noise_prob, noise_from_epoch=noise_from_epoch)
+    _check_arguments(members, arch, epochs, recipe)
+    # Plain JSON data (tuples become lists), as the checkpoint and model.yaml store it.
+    arch_kwargs = json.loads(json.dumps(dict(arch_kwargs or {})))
+    create_model(arch, 1, **arch_kwargs)  # wrong keyword arguments fail here, not mid-run
+    out_dir = Path(out_dir)
+    checkpoint = _prepare_output(out_dir, resume, overwrite)
+    say = stderr_console.print if progress else (lambda *a, **k: None)
+
+    with open_dataset(dataset_path) as ds:
+        label_names = ds.label_names
+    group_specs = resolve_groups(groups, label_names, dataset_path)
+    data = load_training_data(dataset_path, group_specs, batch_size)
+    for group in group_specs:
+        for split, rows in data.groups[group.name].items():
+            if rows.dropped:
+                say(
+                    f"group {group.name}: {rows.dropped} of {data.n_rows[split]} {split} rows "
+                    "dropped (NaN labels or flux)"
+                )
+    settings = Settings(
+        members,
+        arch,
+        arch_kwargs,
+        {g.name: list(g.labels) for g in group_specs},
+        epochs,
+        int(seed),
+        recipe,
+    )
+    run = _Run(settings, group_specs, data, _layout(len(group_specs), device, devices))
+    if checkpoint is not None:
+        run.restore(checkpoint, out_dir / CHECKPOINT_FILE)
+        say(f"resuming {out_dir} after epoch {run.epoch}")
+    else:
+        torch.manual_seed(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = [label for g in group_specs for label in g.labels]
+    board = TensorBoardLog(out_dir / TENSORBOARD_DIR)
+    stopped_early = False
+    try:
+        # Worker threads take torch's thread count when they first compute: set it first.
+        with (
+            _torch_threads(run.threads),
+            ThreadPoolExecutor(run.workers) as pool,
+            make_progress(progress, transient=True) as bar,
+        ):
+            epochs_task = bar.add_task("epochs", total=epochs, completed=run.epoch)
+            for epoch in range(run.epoch + 1, epochs + 1):
+                t0 = time.perf_counter()
+                batches = bar.add_task(f"epoch {epoch}", total=run.n_batches())
+                rows = run.run_epoch(epoch, pool, functools.partial(bar.advance, batches))
+                bar.remove_task(batches)
+                save_checkpoint(out_dir / CHECKPOINT_FILE, run.state())
+                write_history(out_dir / HISTORY_FILE, run.history, labels)
+                board.log(rows)
+                seconds = time.perf_counter() - t0
+                bar.advance(epochs_task)
+                say(_summary(epoch, epochs, recipe.lr_at(epoch), seconds, rows))
+                if callback is not None:
+                    callback(epoch, rows)
+                elapsed = time.perf_counter() - started
+                if epoch < epochs and max_minutes is not None:
+                    if elapsed + seconds > 60.0 * max_minutes:
+                        say(
+                            f"stopping after epoch {epoch} of {epochs}: the next would pass "
+                            f"{max_minutes:g} minutes; --resume continues the run"
+                        )
+                        stopped_early = True
+                        break
+    finally:
+        board.close()
+    if run.history:
+        plot_loss_curves(out_dir / LOSS_CURVE_FILE, run.history)
+
+    provenance = {
+        "dataset": str(Path(dataset_path).resolve()),
+        "trained_with": f"lamost-rrnet {__version__}, torch {torch.__version__}",
+        "settings": settings.to_dict(),
+        "epochs_completed": run.epoch,
+        "stopped_early": stopped_early,
+        "best_epochs": {g: [b for s in sh for b in s.best_epoch] for g, sh in run.shards.items()},
+        "rows": {
+            g.name: {split: int(rows.rows.size) for split, rows in data.groups[g.name].items()}
+            for g in group_specs
+        },
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    ensemble = run.ensemble(name or out_dir.resolve().name, provenance)
+    ensemble.save(out_dir)
+    say(f"model written to {out_dir}")
+    return ensemble

@@ -1,0 +1,246 @@
+"""The catalogue's columns, flag rule, writers and journal (lamost_rrnet.catalog)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from lamost_rrnet.catalog import (
+    HIGH_SIGMA,
+    LOW_SNR,
+    NAN_LABEL,
+    OUT_OF_RANGE,
+    OUTLIERS,
+    CatalogueSchema,
+    FlagRule,
+    Journal,
+    catalogue_columns,
+    contains,
+    journal_dir,
+    name_hashes,
+    output_format,
+    read_batches,
+    status_text,
+    write_catalogue,
+)
+from lamost_rrnet.errors import CatalogueError, OutputExistsError
+from lamost_rrnet.labels import PUBLISHED_ORDER
+
+TABLE3 = """obsid, filename, ra, dec, extname_blue, extname_red, snr_blue, snr_red,
+Teff[K], Teff[K]_err, Logg, Logg_err, CH, CH_err, NH, NH_err, OH, OH_err, MgH, MgH_err,
+AlH, AlH_err, SiH, SiH_err, SH, SH_err, KH, KH_err, CaH, CaH_err, TiH, TiH_err, CrH, CrH_err,
+MnH, MnH_err, FeH, FeH_err, NiH, NiH_err, CuH, CuH_err, flag"""
+
+
+def test_columns_are_table3_then_extras():
+    want = [c.strip() for c in TABLE3.replace("\n", " ").split(",")]
+    got = catalogue_columns(PUBLISHED_ORDER)  # the ensemble's order has FeH third
+    assert got == [*want, "rv", "rv_source", "status", "model"]
+
+
+def test_other_labels_follow_in_the_same_style():
+    got = catalogue_columns(["vmic", "FeH", "Teff[K]"])
+    labels = got[8 : got.index("flag")]
+    assert labels == ["Teff[K]", "Teff[K]_err", "FeH", "FeH_err", "vmic", "vmic_err"]
+
+
+def _rows(schema: CatalogueSchema, n: int, start: int = 0, **over) -> dict:
+    cols = {}
+    for c in schema.columns:
+        if c.dtype == "str":
+            cols[c.name] = [f"{c.name}{i}" for i in range(start, start + n)]
+        else:
+            cols[c.name] = np.arange(start, start + n).astype(c.dtype)
+    cols["status"] = [""] * n
+    cols.update(over)
+    return cols
+
+
+SCHEMA = CatalogueSchema.for_labels(["Teff[K]", "Logg", "FeH"])
+WIDTHS = {c.name: 20 for c in SCHEMA.columns if c.dtype == "str"}
+
+
+def test_flag_rule_each_check():
+    rule = FlagRule()
+    n = 7
+    mu = np.zeros((n, 2))
+    sigma = np.full((n, 2), 0.1)
+    snr_b = np.full(n, 50.0)
+    snr_r = np.full(n, 50.0)
+    n_out = np.zeros(n, int)
+    run = np.zeros(n, int)
+    snr_b[1] = 9.9  # low S/N in one arm
+    snr_r[2] = np.nan  # unknown S/N
+    n_out[3] = 101  # too many outliers
+    run[4] = 31  # too long a run
+    mu[5, 1] = 3.0  # outside the range
+    sigma[6, 0] = 2.5  # above 1x the label scale (2.0)
+    low, high, scale = np.array([-1.0, -1.0]), np.array([1.0, 1.0]), np.array([2.0, 1.0])
+    bits = rule.reasons(snr_b, snr_r, n_out, run, mu, sigma, low, high, scale)
+    assert bits.tolist() == [0, LOW_SNR, LOW_SNR, OUTLIERS, OUTLIERS, OUT_OF_RANGE, HIGH_SIGMA]
+    # at the thresholds the spectrum is still good
+    edge = rule.reasons(
+        [10.0],
+        [10.0],
+        [100],
+        [30],
+        mu[:1] + 1.0,
+        sigma[:1] * 0 + 1.0,
+        low,
+        high,
+        np.array([1.0, 1.0]),
+    )
+    assert edge.tolist() == [0]
+    nan = rule.reasons(
+        [50.0], [50.0], [0], [0], np.array([[np.nan, 0]]), sigma[:1], low, high, scale
+    )
+    assert nan.tolist() == [NAN_LABEL]
+    assert status_text(np.array([0, LOW_SNR | OUTLIERS, HIGH_SIGMA])) == [
+        "",
+        "low_snr,outliers",
+        "high_sigma",
+    ]
+
+
+def test_name_hashes_membership():
+    done = np.unique(name_hashes(["a.fits.gz", "b.fits"]))
+    assert contains(done, name_hashes(["b.fits", "c.fits", "a.fits.gz"])).tolist() == [
+        True,
+        False,
+        True,
+    ]
+    assert not contains(np.empty(0, np.uint64), name_hashes(["a"])).any()
+
+
+def test_output_format():
+    assert output_format("x.FITS") == "fits"
+    assert output_format("x.csv") == "csv"
+    assert output_format("x.parquet") == "parquet"
+    assert output_format("-") == "csv"
+    with pytest.raises(ValueError, match="must end in"):
+        output_format("x.txt")
+
+
+def _read(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # astropy: 'dex' is not a FITS unit
+        return Table.read(path)
+
+
+def test_fits_units_comments_and_header(tmp_path):
+    table = SCHEMA.table(_rows(SCHEMA, 5))
+    header = {"MODEL": ("rrnet2022", "model"), "RRNETVER": ("0.1.0", "version")}
+    path = tmp_path / "cat.fits"
+    write_catalogue(path, SCHEMA, [table.slice(0, 2), table.slice(2)], 5, WIDTHS, header)
+    with fits.open(path) as hdul:
+        assert hdul[0].header["MODEL"] == "rrnet2022"
+        h = hdul[1].header
+        units = {h[f"TTYPE{i}"]: h.get(f"TUNIT{i}") for i in range(1, h["TFIELDS"] + 1)}
+        comments = {h[f"TTYPE{i}"]: h.get(f"TCOMM{i}") for i in range(1, h["TFIELDS"] + 1)}
+        assert units["Teff[K]"] == "K" and units["Logg_err"] == "dex" and units["rv"] == "km/s"
+        assert units["FeH"] == "dex" and units["flag"] is None
+        assert comments["FeH"] == "abundance [Fe/H]"
+        assert all(comments.values())
+        assert len(hdul[1].data) == 5
+    got = _read(path)
+    assert got.colnames == SCHEMA.names
+    assert list(got["filename"]) == [f"filename{i}" for i in range(5)]
+    assert np.array_equal(got["obsid"], np.arange(5))
+
+
+def test_fits_rows_and_widths_must_match(tmp_path):
+    table = SCHEMA.table(_rows(SCHEMA, 3))
+    with pytest.raises(AssertionError, match="wrote 3 rows"):
+        write_catalogue(tmp_path / "c.fits", SCHEMA, [table], 4, WIDTHS, {})
+    with pytest.raises(AssertionError, match="longer than its FITS width"):
+        write_catalogue(tmp_path / "c.fits", SCHEMA, [table], 3, {**WIDTHS, "filename": 5}, {})
+    assert not list(tmp_path.iterdir())  # nothing half-written is left
+
+
+@pytest.mark.parametrize("suffix", [".fits", ".csv", ".parquet"])
+def test_round_trip_through_read_batches(tmp_path, suffix):
+    cols = _rows(SCHEMA, 4, status=["", "low_snr", "", "unreadable"])
+    cols["Teff[K]"] = np.array([5000.5, np.nan, 4000.25, np.nan], np.float32)
+    table = SCHEMA.table(cols)
+    path = tmp_path / f"cat{suffix}"
+    write_catalogue(path, SCHEMA, [table], 4, WIDTHS, {"MODEL": "m"})
+    back = next(read_batches(path, SCHEMA))
+    assert back.schema.equals(table.schema)
+    assert back.to_pandas().equals(table.to_pandas())  # NaN == NaN here
+    if suffix == ".parquet":
+        schema = pq.read_schema(path)
+        assert json.loads(schema.metadata[b"lamost_rrnet"])["MODEL"] == "m"
+        assert schema.field("Logg").metadata[b"unit"] == b"dex"
+
+
+def test_read_batches_refuses_other_columns(tmp_path):
+    path = tmp_path / "other.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(CatalogueError, match="not those of this model"):
+        list(read_batches(path, SCHEMA))
+
+
+RUN = {"model": "m@1", "exposures": False}
+
+
+def test_journal_refuses_existing_output_and_journal(tmp_path):
+    out = tmp_path / "cat.fits"
+    out.write_bytes(b"x")
+    with pytest.raises(OutputExistsError, match="--resume"):
+        Journal.open(out, SCHEMA, RUN)
+    out.unlink()
+    journal_dir(out).mkdir()
+    with pytest.raises(OutputExistsError, match="unfinished run"):
+        Journal.open(out, SCHEMA, RUN)
+
+
+def test_journal_chunks_resume_and_assemble(tmp_path):
+    out = tmp_path / "cat.parquet"
+    journal = Journal.open(out, SCHEMA, RUN)
+    journal.append(SCHEMA.table(_rows(SCHEMA, 3)))
+    (journal.directory / ".chunk-00000002.parquet.abc.part").write_bytes(b"half a chunk")
+    assert not out.exists()
+
+    # A later run (after a kill) sees the finished chunk, not the half-written one.
+    again = Journal.open(out, SCHEMA, RUN, resume=True)
+    assert not list(again.directory.glob("*.part"))
+    done = again.done_files()
+    assert contains(done, name_hashes(["filename0", "filename2", "filename3"])).tolist() == [
+        True,
+        True,
+        False,
+    ]
+    again.append(SCHEMA.table(_rows(SCHEMA, 2, start=3)))
+    assert again.assemble(out, {"MODEL": "m"}) == 5
+    assert not journal_dir(out).exists()
+    assert pq.read_table(out)["filename"].to_pylist() == [f"filename{i}" for i in range(5)]
+
+
+def test_journal_refuses_another_model(tmp_path):
+    out = tmp_path / "cat.csv"
+    Journal.open(out, SCHEMA, RUN).append(SCHEMA.table(_rows(SCHEMA, 1)))
+    with pytest.raises(OutputExistsError, match="another model"):
+        Journal.open(out, SCHEMA, {**RUN, "model": "other@2"}, resume=True)
+    # --overwrite discards it
+    fresh = Journal.open(out, SCHEMA, {**RUN, "model": "other@2"}, overwrite=True)
+    assert fresh.n_rows() == 0
+
+
+@pytest.mark.parametrize("suffix", [".fits", ".csv", ".parquet"])
+def test_resume_on_a_finished_output_keeps_its_rows(tmp_path, suffix):
+    out = tmp_path / f"cat{suffix}"
+    first = Journal.open(out, SCHEMA, RUN)
+    first.append(SCHEMA.table(_rows(SCHEMA, 3)))
+    first.assemble(out, {})
+    resumed = Journal.open(out, SCHEMA, RUN, resume=True)
+    assert contains(resumed.done_files(), name_hashes(["filename1"])).all()
+    resumed.append(SCHEMA.table(_rows(SCHEMA, 1, start=3)))
+    resumed.assemble(out, {})
+    names = list(_read(out)["filename"])
+    assert names == [f"filename{i}" for i in range(4)]
