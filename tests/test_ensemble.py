@@ -20,6 +20,7 @@ from helpers_published import (
     seeded_state_dict,
     write_fake_published,
 )
+from lamost_rrnet.devices import select_device
 from lamost_rrnet.ensemble import Ensemble, LabelGroup, Normalization
 from lamost_rrnet.errors import ModelError
 from lamost_rrnet.hub import load_label_config, load_model, published_runs
@@ -148,7 +149,9 @@ def test_model_directory_round_trip(tmp_path):
     with safe_open(tmp_path / "m" / "A0.safetensors", "pt") as fh:
         assert "stages.0.conv1.weight" in fh.keys()
 
-    back = Ensemble.load(tmp_path / "m", device="cpu")
+    back = Ensemble.load(tmp_path / "m", device="auto")
+    assert back.device.type == select_device("auto").type
+    assert back.to("cpu") is back and back.device == torch.device("cpu")
     for attr in ("name", "version", "architecture", "labels", "label_ranges", "provenance"):
         assert getattr(back, attr) == getattr(ens, attr), attr
     assert back.preprocessing == ens.preprocessing
