@@ -27,14 +27,14 @@ DEMO_ENTRIES = ("sim", "reference.fits", "dataset.h5", "dataset_rejects.csv", "m
 class DemoSettings:
     """The scale of a demo run: the default fits in 5 minutes on a 2-core laptop CPU."""
 
-    stars: int = 1500
+    stars: int = 1200
     visits: tuple[int, int] = (1, 3)
     snr: tuple[float, float] = (15.0, 150.0)
     members: int = 2
     groups: str = "single"  # one network per member for all labels: twice the epochs in budget
     epochs: int = 12
     batch_size: int = 64  # small sets: more optimizer steps per epoch than the paper's 256
-    max_minutes: float = 2.0
+    max_minutes: float = 1.5
 
     @classmethod
     def quick(cls, stars: int | None = None) -> DemoSettings:

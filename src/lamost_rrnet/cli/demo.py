@@ -21,7 +21,7 @@ def demo_command(
     ctx: typer.Context,
     out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for everything."),
     stars: int | None = typer.Option(
-        None, "--stars", min=50, help="Simulated stars (default 1500, 300 with --quick)."
+        None, "--stars", min=50, help="Simulated stars (default 1200, 300 with --quick)."
     ),
     quick: bool = typer.Option(False, "--quick", help="A smaller run: under a minute."),
     seed: int = typer.Option(1, "--seed", help="Seed of the simulation and the training."),
@@ -38,7 +38,7 @@ def demo_command(
     from lamost_rrnet.labels import unit
 
     opts = options(ctx)
-    settings = DemoSettings.quick(stars) if quick else DemoSettings(stars=stars or 1500)
+    settings = DemoSettings.quick(stars) if quick else DemoSettings(stars=stars or 1200)
     result = run_demo(
         out,
         settings,
