@@ -103,22 +103,23 @@ def test_conv3_backward_matches_numerical_gradient():
 
 
 @pytest.mark.parametrize(
-    ("arch", "kwargs"),
+    ("arch", "kwargs", "n"),
     [
-        ("rrnet", {}),
-        ("rrnet", {"mode": "pre-RNN"}),
-        ("resnet", {}),
-        ("starnet", {}),
-        ("starnet-r", {}),
+        ("rrnet", {}, 2),
+        ("rrnet", {}, 1),  # one member takes plain GEMMs
+        ("rrnet", {"mode": "pre-RNN"}, 2),
+        ("resnet", {}, 2),
+        ("starnet", {}, 2),
+        ("starnet-r", {}, 2),
     ],
 )
-def test_stacked_members_compute_what_the_modules_compute(arch, kwargs):
+def test_stacked_members_compute_what_the_modules_compute(arch, kwargs, n):
     torch.manual_seed(1)
     # 720 pixels: the published shapes, ten times smaller; the stacked code reads no sizes.
-    members = [create_model(arch, 3, n_pixels=720, **kwargs).eval() for _ in range(2)]
+    members = [create_model(arch, 3, n_pixels=720, **kwargs).eval() for _ in range(n)]
     stack = StackedNet(members, chunk=2).eval()
-    x = torch.randn(2, 5, 720)
-    mu, var = stack(x, [None, None])
+    x = torch.randn(n, 5, 720)
+    mu, var = stack(x, [None] * n)
     expected = [m(xi) for m, xi in zip(members, x, strict=True)]
     for i, (m_mu, m_var) in enumerate(expected):
         torch.testing.assert_close(mu[i], m_mu, rtol=1e-4, atol=1e-5)

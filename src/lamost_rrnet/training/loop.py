@@ -1,9 +1,9 @@
 """``train_ensemble``: a deep ensemble from a prepared dataset, resumable epoch by epoch.
 
-Every label group has M members. On each device a group's members are one shard, trained as
-one batched computation (:mod:`lamost_rrnet.training.stacked`); ``devices`` splits them into
-one shard per device. The shards of all groups run concurrently in threads (on a CPU they
-share its torch threads). Epochs run in step for every group, so a checkpoint, a time budget
+Every label group has M members, split into shards: one per device (``devices``), or on a
+CPU one per torch thread left over by the groups. A shard's members are one batched
+computation (:mod:`lamost_rrnet.training.stacked`), and the shards of all groups run
+concurrently in threads. Epochs run in step for every group, so a checkpoint, a time budget
 and the history always cover whole epochs of all groups.
 """
 
@@ -85,16 +85,22 @@ def _check_arguments(members: int, arch: str, epochs: int, recipe: Recipe) -> No
 
 
 def _layout(
-    n_groups: int, device: str, devices: Sequence[str] | None
+    members: int, n_groups: int, device: str, devices: Sequence[str] | None
 ) -> tuple[list[torch.device], int, int]:
     """(the device of each shard of a group, concurrent workers, torch threads per worker).
 
-    A group's members on one device are one stack. The stacks of different groups and
-    devices run concurrently; on a CPU they share its threads.
+    A group's members on one device are one stack, except on a CPU with more threads than
+    groups: there the members are split so that every thread drives a stack of its own,
+    which beats one stack on several threads (docs/training.md, "Speed").
     """
     threads = torch.get_num_threads()
-    targets = [select_device(d) for d in devices] if devices else [select_device(device)]
-    n_shards = len(targets) * n_groups
+    if devices:
+        targets = [select_device(d) for d in devices]
+    else:
+        target = select_device(device)
+        per_group = min(members, math.ceil(threads / n_groups)) if target.type == "cpu" else 1
+        targets = [target] * per_group
+    n_shards = min(len(targets), members) * n_groups
     if all(t.type == "cpu" for t in targets):
         workers = max(1, min(threads, n_shards))
         return targets, workers, max(1, threads // workers)
@@ -367,7 +373,7 @@ def train_ensemble(
         int(seed),
         recipe,
     )
-    run = _Run(settings, group_specs, data, _layout(len(group_specs), device, devices))
+    run = _Run(settings, group_specs, data, _layout(members, len(group_specs), device, devices))
     if checkpoint is not None:
         run.restore(checkpoint, out_dir / CHECKPOINT_FILE)
         say(f"resuming {out_dir} after epoch {run.epoch}")
