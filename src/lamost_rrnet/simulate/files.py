@@ -19,6 +19,7 @@ import pandas as pd
 from astropy.io import fits
 
 from lamost_rrnet.atomic import atomic_write_bytes
+from lamost_rrnet.crossmatch import LAMOST_COLUMNS
 from lamost_rrnet.errors import OutputExistsError
 from lamost_rrnet.labels import CATALOGUE_LABELS
 from lamost_rrnet.simulate.observe import (
@@ -39,18 +40,6 @@ from lamost_rrnet.spectra.io import COADD_BLUE, COADD_RED, Arm, encode_mrs
 LAYOUTS = ("dr7", "dr9")
 FIELD_STARS = 1000  # stars per simulated field (a plate holds up to 4000)
 FIELD_RADIUS = 2.5  # degrees
-CATALOGUE_COLUMNS = (
-    "obsid",
-    "filename",
-    "extname_blue",
-    "extname_red",
-    "ra",
-    "dec",
-    "snr_blue",
-    "snr_red",
-    "rv",
-    "lmjd",
-)
 LABEL_COLUMNS = (
     "star_id",
     "ra",
@@ -472,7 +461,7 @@ def simulate_set(
             if on_progress is not None:
                 on_progress(len(rows), len(plan))
 
-    catalogue = pd.DataFrame(rows, columns=list(CATALOGUE_COLUMNS))
+    catalogue = pd.DataFrame(rows, columns=list(LAMOST_COLUMNS))
     label_rng = np.random.default_rng(streams[2])
     atomic_write_bytes(out / "lamost_catalogue.csv", _csv_bytes(catalogue))
     atomic_write_bytes(
