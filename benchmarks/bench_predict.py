@@ -16,7 +16,7 @@ them) and end with a FITS catalogue, using a 12-member ensemble of the published
 lamost-rrnet is timed before and after the baselines; on a shared machine the difference
 between the two shows how much the load changed.
 
-Run: ``python benchmarks/bench_predict.py [--n 300] [--workers N] [--threads N]
+Run: ``python benchmarks/bench_predict.py [--n 1200] [--workers N] [--threads N]
 [--device cpu|cuda]``.
 Needs ../shared/data/lamost_mrs (the real spectra the inputs are made from).
 """
@@ -136,13 +136,13 @@ def authors_method(files: list[Path], rvs: dict[int, float], ens: Ensemble, out:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=300, help="spectra (files)")
+    parser.add_argument("--n", type=int, default=1200, help="spectra (files)")
     parser.add_argument("--workers", type=int, default=None, help="predict worker processes")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     parser.add_argument("--threads", type=int, default=None, help="predict's torch threads")
     args = parser.parse_args()
     device = select_device(args.device)
-    workers = default_workers() if args.workers is None else args.workers
+    workers = default_workers(device.type) if args.workers is None else args.workers
     cores = os.cpu_count() or 1
     ens = published_size_ensemble()
     ens.to(device)

@@ -125,6 +125,34 @@ def test_predict_batches_are_independent():
     np.testing.assert_allclose(sigma2, sigma, rtol=1e-6, atol=1e-12)
 
 
+def test_predict_shards_batches_over_cpu_threads(monkeypatch):
+    """With several torch threads, each batch is split into single-threaded shards run side by
+    side; the results equal the one-thread run, and the caller's thread count comes back."""
+    ens = small_ensemble()
+    flux = spectra(70)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        want_mu, want_sigma = ens.predict(flux, batch_size=64)
+        torch.set_num_threads(2)
+        calls = []
+        original = Ensemble._predict_rows
+
+        def spy(self, flux, rows, mu, sigma):
+            calls.append((rows.start, rows.stop, torch.get_num_threads()))
+            original(self, flux, rows, mu, sigma)
+
+        monkeypatch.setattr(Ensemble, "_predict_rows", spy)
+        mu, sigma = ens.predict(flux, batch_size=64)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    # 64 rows in two shards of 32; the last 6 rows are too few to split.
+    assert sorted(calls) == [(0, 32, 1), (32, 64, 1), (64, 70, 1)]
+    np.testing.assert_allclose(mu, want_mu, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(sigma, want_sigma, rtol=1e-5, atol=1e-10)
+
+
 def test_model_directory_round_trip(tmp_path):
     ens = small_ensemble()
     ens.save(tmp_path / "m")

@@ -19,7 +19,7 @@ from astropy.table import Table
 from lamost_rrnet.catalog import catalogue_columns, journal_dir
 from lamost_rrnet.errors import CatalogueError, OutputExistsError, RRNetError
 from lamost_rrnet.labels import PAPER_GROUPS, PUBLISHED_ORDER
-from lamost_rrnet.predict import iter_input_paths, load_rv_table, predict_files
+from lamost_rrnet.predict import default_workers, iter_input_paths, load_rv_table, predict_files
 from lamost_rrnet.spectra.io import Arm, write_mrs
 
 C_KMS = 299792.458
@@ -294,7 +294,9 @@ def test_worker_processes_give_the_same_rows(ensemble, spectra):
             assert np.array_equal(inline[name], pooled[name]), name
 
 
-def test_model_threads_leave_the_workers_their_cores(ensemble, spectra, monkeypatch):
+def test_model_threads_and_default_workers(ensemble, spectra, monkeypatch):
+    """The model gets a thread per core (its CPU shards share them with the workers) unless
+    told otherwise; the default worker count leaves a CPU model most of the cores."""
     import torch
 
     seen = []
@@ -309,10 +311,13 @@ def test_model_threads_leave_the_workers_their_cores(ensemble, spectra, monkeypa
     before = torch.get_num_threads()
     kw = {"model": ensemble, "catalogue": spectra / "rv.csv"}
     predict_files([spectra / "a-1.fits.gz"], workers=0, **kw)
-    predict_files([spectra / "a-1.fits.gz"], workers=1, **kw)
     predict_files([spectra / "a-1.fits.gz"], workers=0, threads=1, **kw)
-    assert seen == [3, 2, 1]  # the cores the workers leave, or as asked
+    assert seen == [3, 1]
     assert torch.get_num_threads() == before
+    monkeypatch.setattr("lamost_rrnet.predict._cores", lambda: 12)
+    assert default_workers("cpu") == 4 and default_workers("cuda") == 11
+    monkeypatch.setattr("lamost_rrnet.predict._cores", lambda: 2)
+    assert default_workers("cpu") == 1 and default_workers("mps") == 1
 
 
 def test_ccf_rv_when_there_is_no_catalogue(ensemble, spectra):
@@ -408,6 +413,54 @@ def test_cli_exit_codes(run_cli, model_dir, spectra, tmp_path):
     assert code == 1 and "a-file" in err  # an output that cannot be written
     assert run_cli("predict", spectra, "-o", tmp_path / "x.txt", *common)[0] == 2
     assert run_cli("predict", spectra, "--resume", *common)[0] == 2  # resume needs a file
+
+
+def test_stdout_closed_early_ends_quietly(model_dir, spectra):
+    """`predict -o - | head`: the reader goes away, and predict stops at once with exit 1 (the
+    environment ended the run, as Click and Python's docs have it), quietly: no traceback."""
+    args = ["predict", str(spectra), "-o", "-", "--model", str(model_dir), "--workers", "0"]
+    code = "from lamost_rrnet.cli.app import main; main()"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args, "--catalogue", str(spectra / "rv.csv")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # before predict writes anything
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err.decode()
+    assert b"Traceback" not in err and b"rror" not in err and b"Exception" not in err
+
+
+def test_a_second_run_on_the_same_output_is_refused(run_cli, model_dir, spectra, tmp_path):
+    """While one run holds an output, another stops with exit 1 naming the holder; the lock
+    goes with its holder, and a killed holder leaves none behind."""
+    from lamost_rrnet.errors import OutputBusyError
+    from lamost_rrnet.locking import exclusive, lock_path
+
+    out = tmp_path / "cat.fits"
+    common = ("--model", model_dir, "--workers", "0", "--quiet")
+    with exclusive(out):
+        with pytest.raises(OutputBusyError, match=f"PID {os.getpid()}"):
+            predict_files([spectra], model=model_dir, output=out, workers=0, resume=True)
+        code, _, err = run_cli("predict", spectra, "-o", out, "--resume", *common)
+        assert code == 1 and "cat.fits" in err and "another run" in err
+    assert not lock_path(out).exists() and not out.exists()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from lamost_rrnet.locking import exclusive\n"
+            f"with exclusive({str(out)!r}):\n    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdout.readline() == b"held\n"
+    assert run_cli("predict", spectra, "-o", out, *common)[0] == 1
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    code, _, err = run_cli("predict", spectra, "-o", out, *common)
+    assert code == 0, err
+    assert out.exists() and not lock_path(out).exists()
 
 
 def test_resume_after_sigkill_loses_and_duplicates_nothing(run_cli, model_dir, spectra, tmp_path):

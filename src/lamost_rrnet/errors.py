@@ -31,3 +31,7 @@ class ModelError(RRNetError):
 
 class OutputExistsError(RRNetError):
     """An output already exists and neither resume nor overwrite was asked for."""
+
+
+class OutputBusyError(RRNetError):
+    """Another run is writing the same output right now."""

@@ -42,6 +42,7 @@ from lamost_rrnet.catalog import (
     status_text,
 )
 from lamost_rrnet.errors import CatalogueError, CoverageError, RRNetError, SpectrumError
+from lamost_rrnet.locking import exclusive
 from lamost_rrnet.progress import make_progress, stderr_console
 from lamost_rrnet.spectra.io import COADD_BLUE, COADD_RED, read_mrs
 from lamost_rrnet.spectra.preprocess import PreprocessSpec, normalize, outlier_stats, resample
@@ -69,19 +70,23 @@ def _cores() -> int:
     return os.cpu_count() or 1
 
 
-def default_workers() -> int:
-    """Worker processes by default: about two thirds of the cores, at least one.
+def default_workers(device: str = "cpu") -> int:
+    """Worker processes by default: a third of the cores for a CPU model, at least one;
+    all cores but one when the model runs on an accelerator.
 
-    The rest is left to the model: on a CPU, reading and preprocessing a spectrum costs about
-    twice the 12-member ensemble's work on it (docs/performance.md).
+    On a CPU the 12-member ensemble costs about twice the CPU time of reading and
+    preprocessing a spectrum (docs/performance.md), so the model, which runs with a thread per
+    core in the main process, needs most of the cores.
     """
     cores = _cores()
-    return max(1, cores - max(1, cores // 3))
+    if device == "cpu":
+        return max(1, cores // 3)
+    return max(1, cores - 1)
 
 
 @contextlib.contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
-    """Run the model with ``n`` torch threads: more threads than free cores is much slower."""
+    """Run the model with ``n`` torch threads, and give the caller back its own count."""
     import torch
 
     before = torch.get_num_threads()
@@ -716,7 +721,9 @@ def predict_files(
     rv, rv_ku0, rv_br0, rv_lasp0), else from cross-correlation. ``exposures`` gives one row per
     exposure instead of per coadd. ``workers`` processes read and preprocess (0: in this process,
     default :func:`default_workers`), each with ``worker_threads`` BLAS threads; the model runs
-    here with ``threads`` torch threads (default: the cores the workers leave, at least one).
+    here with ``threads`` torch threads (default: one per core; on a CPU the ensemble runs its
+    batches as one single-threaded shard per thread, which shares the cores with the workers
+    better than intra-op threads do).
 
     ``output`` ending in .fits, .csv or .parquet is written atomically through a resumable
     journal and a :class:`PredictSummary` is returned; ``"-"`` streams CSV to stdout; None
@@ -726,75 +733,78 @@ def predict_files(
     started = time.perf_counter()
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-    workers = default_workers() if workers is None else workers
     to_stdout = output is not None and str(output) == "-"
     if output is not None:
         output_format(output)
         if to_stdout and (resume or overwrite):
             raise ValueError("resume and overwrite need an output file, not stdout")
-        if not to_stdout:
+    # Held for the whole run, so that a second run on the same output stops at once.
+    guard = exclusive(output) if output is not None and not to_stdout else contextlib.nullcontext()
+    with guard:
+        if output is not None and not to_stdout:
             refuse_existing(output, resume=resume, overwrite=overwrite)
-    paths = [os.fspath(p) for p in paths]  # the arguments, not the expansion
-    first = next(iter_input_paths(paths, list_file), None)
-    if first is None:
-        where = ", ".join(paths + ([os.fspath(list_file)] if list_file else [])) or "nothing"
-        raise RRNetError(f"no input files: none found in {where}")
+        paths = [os.fspath(p) for p in paths]  # the arguments, not the expansion
+        first = next(iter_input_paths(paths, list_file), None)
+        if first is None:
+            where = ", ".join(paths + ([os.fspath(list_file)] if list_file else [])) or "nothing"
+            raise RRNetError(f"no input files: none found in {where}")
 
-    ensemble = _load_model(model, device, progress)
-    schema = CatalogueSchema.for_labels(ensemble.labels)
-    runner = _Model(ensemble, schema, batch_size)
-    model_id = f"{ensemble.name}@{ensemble.version}"
-    summary = PredictSummary(None if output is None else os.fspath(output), model_id)
-    say = stderr_console.print if progress else (lambda *a, **k: None)
+        ensemble = _load_model(model, device, progress)
+        workers = default_workers(ensemble.device.type) if workers is None else workers
+        schema = CatalogueSchema.for_labels(ensemble.labels)
+        runner = _Model(ensemble, schema, batch_size)
+        model_id = f"{ensemble.name}@{ensemble.version}"
+        summary = PredictSummary(None if output is None else os.fspath(output), model_id)
+        say = stderr_console.print if progress else (lambda *a, **k: None)
 
-    with tempfile.TemporaryDirectory(prefix="lamost-rrnet-rv-") as scratch:
-        rv_table = None
-        if catalogue is not None:
-            rv_table = load_rv_table(catalogue, rv_column, scratch)
-            summary.rv_column = rv_table.column
-            say(f"RV from column {rv_table.column!r} of {catalogue} ({rv_table.n_rows} rows)")
-        else:
-            say("RV by cross-correlation (no --catalogue)")
-        run = {"model": model_id, "exposures": bool(exposures), "flag": asdict(flag_rule)}
-        writer = _Writer(output, schema, run, resume=resume, overwrite=overwrite)
+        with tempfile.TemporaryDirectory(prefix="lamost-rrnet-rv-") as scratch:
+            rv_table = None
+            if catalogue is not None:
+                rv_table = load_rv_table(catalogue, rv_column, scratch)
+                summary.rv_column = rv_table.column
+                say(f"RV from column {rv_table.column!r} of {catalogue} ({rv_table.n_rows} rows)")
+            else:
+                say("RV by cross-correlation (no --catalogue)")
+            run = {"model": model_id, "exposures": bool(exposures), "flag": asdict(flag_rule)}
+            writer = _Writer(output, schema, run, resume=resume, overwrite=overwrite)
 
-        total = sum(1 for _ in iter_input_paths(paths, list_file)) if progress else None
-        bar = make_progress(progress)
-        task_id = bar.add_task("predict", total=total)
+            total = sum(1 for _ in iter_input_paths(paths, list_file)) if progress else None
+            bar = make_progress(progress)
+            task_id = bar.add_task("predict", total=total)
 
-        def tasks() -> Iterator[list[str]]:
-            for block in _chunks(iter_input_paths(paths, list_file), 1024):
-                skip = contains(writer.done, name_hashes(os.path.basename(p) for p in block))
-                summary.skipped_files += int(skip.sum())
-                bar.advance(task_id, int(skip.sum()))
-                todo = (p for p, s in zip(block, skip, strict=True) if not s)
-                yield from _chunks(todo, FILES_PER_TASK)
+            def tasks() -> Iterator[list[str]]:
+                for block in _chunks(iter_input_paths(paths, list_file), 1024):
+                    skip = contains(writer.done, name_hashes(os.path.basename(p) for p in block))
+                    summary.skipped_files += int(skip.sum())
+                    bar.advance(task_id, int(skip.sum()))
+                    todo = (p for p, s in zip(block, skip, strict=True) if not s)
+                    yield from _chunks(todo, FILES_PER_TASK)
 
-        def flush(pending: list[_Rows]) -> None:
-            columns, predicted = _catalogue_rows(pending, runner, schema, flag_rule, model_id)
-            writer.write(columns)
-            summary.count(columns["flag"], predicted.size)
-            pending.clear()
+            def flush(pending: list[_Rows]) -> None:
+                columns, predicted = _catalogue_rows(pending, runner, schema, flag_rule, model_id)
+                writer.write(columns)
+                summary.count(columns["flag"], predicted.size)
+                pending.clear()
 
-        job = _Job(ensemble.preprocessing.to_dict(), bool(exposures), rv_table)
-        in_flight = max(4 * max(workers, 1), 2 * batch_size // FILES_PER_TASK + 1)
-        pipeline = _Pipeline(job, workers, in_flight, worker_threads)
-        pending: list[_Rows] = []
-        threads = max(1, _cores() - workers) if threads is None else threads
-        try:
-            with bar, _torch_threads(threads):
-                for rows in pipeline.run(tasks()):
-                    summary.files += rows.files
-                    for message in rows.errors:
-                        say(f"[yellow]warning:[/] {escape(message)}", highlight=False)
-                    pending.append(rows)
-                    if sum(len(r) for r in pending) >= batch_size:
+            job = _Job(ensemble.preprocessing.to_dict(), bool(exposures), rv_table)
+            in_flight = max(4 * max(workers, 1), 2 * batch_size // FILES_PER_TASK + 1)
+            pipeline = _Pipeline(job, workers, in_flight, worker_threads)
+            pending: list[_Rows] = []
+            threads = _cores() if threads is None else threads
+            try:
+                with bar, _torch_threads(threads):
+                    for rows in pipeline.run(tasks()):
+                        summary.files += rows.files
+                        for message in rows.errors:
+                            say(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+                        pending.append(rows)
+                        if sum(len(r) for r in pending) >= batch_size:
+                            flush(pending)
+                        bar.advance(task_id, rows.files)
+                    if pending:
                         flush(pending)
-                    bar.advance(task_id, rows.files)
-                if pending:
-                    flush(pending)
-        finally:
-            pipeline.close()
-        result = writer.finish(_header(ensemble, flag_rule, exposures))
-    summary.seconds = time.perf_counter() - started
-    return summary if output is not None else result
+            finally:
+                pipeline.close()
+            result = writer.finish(_header(ensemble, flag_rule, exposures))
+        summary.seconds = time.perf_counter() - started
+        return summary if output is not None else result

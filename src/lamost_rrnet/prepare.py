@@ -25,6 +25,7 @@ import numpy as np
 from lamost_rrnet.crossmatch import read_catalogue, reference_label_names
 from lamost_rrnet.dataset import DatasetWriter
 from lamost_rrnet.errors import CatalogueError, OutputExistsError, SpectrumError
+from lamost_rrnet.locking import exclusive
 from lamost_rrnet.progress import make_progress
 from lamost_rrnet.spectra.io import Spectrum, read_mrs
 from lamost_rrnet.spectra.preprocess import RRNET2022, PreprocessSpec, normalize, outlier_stats
@@ -288,78 +289,83 @@ def prepare_dataset(
     """
     output = Path(output)
     rejects_path = rejects_path_for(output)
-    if rejects_path.exists() and not (resume or overwrite):
-        raise OutputExistsError(f"{rejects_path}: exists; use --resume or --overwrite")
-    table, label_names = _read_reference(reference)
-    root = Path(spectra_root) if spectra_root is not None else Path()
-    filename = _column(table, "filename", str)
-    blue = np.char.upper(_column(table, "extname_blue", str))
-    red = np.char.upper(_column(table, "extname_red", str))
-    rv = _column(table, "rv", np.float64) if "rv" in table.colnames else np.full(len(table), np.nan)
-    labels = np.column_stack([_column(table, n, np.float64) for n in label_names])
-    errors = np.column_stack(
-        [
-            _column(table, f"{n}_err", np.float64)
-            if f"{n}_err" in table.colnames
+    with exclusive(output):  # one run at a time on a dataset
+        if rejects_path.exists() and not (resume or overwrite):
+            raise OutputExistsError(f"{rejects_path}: exists; use --resume or --overwrite")
+        table, label_names = _read_reference(reference)
+        root = Path(spectra_root) if spectra_root is not None else Path()
+        filename = _column(table, "filename", str)
+        blue = np.char.upper(_column(table, "extname_blue", str))
+        red = np.char.upper(_column(table, "extname_red", str))
+        rv = (
+            _column(table, "rv", np.float64)
+            if "rv" in table.colnames
             else np.full(len(table), np.nan)
-            for n in label_names
-        ]
-    )
-    meta_source = {
-        "obsid": _column(table, "obsid", np.int64),
-        "filename": filename,
-        "extname_blue": blue,
-        "extname_red": red,
-        "star_id": _column(table, "star_id", str),
-        "snr_blue": _column(table, "snr_blue", np.float64),
-        "snr_red": _column(table, "snr_red", np.float64),
-    }
+        )
+        labels = np.column_stack([_column(table, n, np.float64) for n in label_names])
+        errors = np.column_stack(
+            [
+                _column(table, f"{n}_err", np.float64)
+                if f"{n}_err" in table.colnames
+                else np.full(len(table), np.nan)
+                for n in label_names
+            ]
+        )
+        meta_source = {
+            "obsid": _column(table, "obsid", np.int64),
+            "filename": filename,
+            "extname_blue": blue,
+            "extname_red": red,
+            "star_id": _column(table, "star_id", str),
+            "snr_blue": _column(table, "snr_blue", np.float64),
+            "snr_red": _column(table, "snr_red", np.float64),
+        }
 
-    writer = DatasetWriter(output, label_names, spec, resume=resume, overwrite=overwrite)
-    try:
-        done = writer.done_keys()
-        n_resumed = writer.n
-        reject_keys, reasons = _open_rejects(rejects_path, resume)
-        done |= reject_keys
-        seen: set[tuple[str, str, str]] = set()
-        todo = []
-        for i, key in enumerate(zip(filename, blue, red, strict=True)):
-            if key in done or key in seen:  # finished earlier, or a duplicate row
-                continue
-            seen.add(key)
-            todo.append(RowTask(i, str(root / key[0]), key[1], key[2], float(rv[i])))
-        n_rejected = len(reject_keys)
-        chunks = (todo[i : i + chunk_rows] for i in range(0, len(todo), chunk_rows))
-        partial = rejects_path.with_name(rejects_path.name + ".partial")
-        with make_progress(progress) as bar, open(partial, "a", newline="") as rejects_file:
-            task = bar.add_task("prepare", total=len(todo))
-            out = csv.writer(rejects_file, lineterminator="\n")
-            for n, result in _run_chunks(chunks, spec, thresholds, workers):
-                idx = result.indices
-                if idx.size:
-                    meta = {k: v[idx] for k, v in meta_source.items()}
-                    meta.update(
-                        rv=result.rv,
-                        rv_source=np.asarray(result.rv_source, dtype=str),
-                        n_outliers=result.n_outliers,
-                        max_outlier_run=result.max_run,
-                    )
-                    writer.append(result.flux, labels[idx], meta, errors[idx])
-                for i, reason, n_bad, run in result.rejects:
-                    m = meta_source
-                    out.writerow(
-                        [m["obsid"][i], filename[i], blue[i], red[i], m["star_id"][i], reason]
-                        + ["" if n_bad is None else n_bad, "" if run is None else run]
-                    )
-                    reasons[_reason_kind(reason)] += 1
-                n_rejected += len(result.rejects)
-                rejects_file.flush()
-                bar.advance(task, n)
-        os.replace(partial, rejects_path)
-        n_accepted = writer.n
-        writer.finish(fractions, seed)
-    finally:
-        writer.close()
-    return PrepareResult(
-        output, rejects_path, len(table), n_accepted, n_rejected, n_resumed, reasons
-    )
+        writer = DatasetWriter(output, label_names, spec, resume=resume, overwrite=overwrite)
+        try:
+            done = writer.done_keys()
+            n_resumed = writer.n
+            reject_keys, reasons = _open_rejects(rejects_path, resume)
+            done |= reject_keys
+            seen: set[tuple[str, str, str]] = set()
+            todo = []
+            for i, key in enumerate(zip(filename, blue, red, strict=True)):
+                if key in done or key in seen:  # finished earlier, or a duplicate row
+                    continue
+                seen.add(key)
+                todo.append(RowTask(i, str(root / key[0]), key[1], key[2], float(rv[i])))
+            n_rejected = len(reject_keys)
+            chunks = (todo[i : i + chunk_rows] for i in range(0, len(todo), chunk_rows))
+            partial = rejects_path.with_name(rejects_path.name + ".partial")
+            with make_progress(progress) as bar, open(partial, "a", newline="") as rejects_file:
+                task = bar.add_task("prepare", total=len(todo))
+                out = csv.writer(rejects_file, lineterminator="\n")
+                for n, result in _run_chunks(chunks, spec, thresholds, workers):
+                    idx = result.indices
+                    if idx.size:
+                        meta = {k: v[idx] for k, v in meta_source.items()}
+                        meta.update(
+                            rv=result.rv,
+                            rv_source=np.asarray(result.rv_source, dtype=str),
+                            n_outliers=result.n_outliers,
+                            max_outlier_run=result.max_run,
+                        )
+                        writer.append(result.flux, labels[idx], meta, errors[idx])
+                    for i, reason, n_bad, run in result.rejects:
+                        m = meta_source
+                        out.writerow(
+                            [m["obsid"][i], filename[i], blue[i], red[i], m["star_id"][i], reason]
+                            + ["" if n_bad is None else n_bad, "" if run is None else run]
+                        )
+                        reasons[_reason_kind(reason)] += 1
+                    n_rejected += len(result.rejects)
+                    rejects_file.flush()
+                    bar.advance(task, n)
+            os.replace(partial, rejects_path)
+            n_accepted = writer.n
+            writer.finish(fractions, seed)
+        finally:
+            writer.close()
+        return PrepareResult(
+            output, rejects_path, len(table), n_accepted, n_rejected, n_resumed, reasons
+        )

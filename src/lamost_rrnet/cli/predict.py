@@ -50,7 +50,10 @@ def predict_command(
         None,
         "--workers",
         min=0,
-        help="Processes that read and preprocess; 0: none (default: 2/3 of the cores, at least 1).",
+        help=(
+            "Processes that read and preprocess; 0: none "
+            "(default: 1/3 of the cores for a CPU model, all but one for a GPU)."
+        ),
         show_default=False,
     ),
     exposures: bool = typer.Option(

@@ -29,6 +29,7 @@ from lamost_rrnet.dataset import open_dataset
 from lamost_rrnet.devices import select_device
 from lamost_rrnet.ensemble import Ensemble, LabelGroup
 from lamost_rrnet.errors import OutputExistsError, RRNetError
+from lamost_rrnet.locking import exclusive
 from lamost_rrnet.models import create_model, list_models
 from lamost_rrnet.progress import make_progress, stderr_console
 from lamost_rrnet.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
@@ -350,88 +351,91 @@ def train_ensemble(
     arch_kwargs = json.loads(json.dumps(dict(arch_kwargs or {})))
     create_model(arch, 1, **arch_kwargs)  # wrong keyword arguments fail here, not mid-run
     out_dir = Path(out_dir)
-    checkpoint = _prepare_output(out_dir, resume, overwrite)
-    say = stderr_console.print if progress else (lambda *a, **k: None)
+    with exclusive(out_dir):  # one run at a time in a directory
+        checkpoint = _prepare_output(out_dir, resume, overwrite)
+        say = stderr_console.print if progress else (lambda *a, **k: None)
 
-    with open_dataset(dataset_path) as ds:
-        label_names = ds.label_names
-    group_specs = resolve_groups(groups, label_names, dataset_path)
-    data = load_training_data(dataset_path, group_specs, batch_size)
-    for group in group_specs:
-        for split, rows in data.groups[group.name].items():
-            if rows.dropped:
-                say(
-                    f"group {group.name}: {rows.dropped} of {data.n_rows[split]} {split} rows "
-                    "dropped (NaN labels or flux)"
-                )
-    settings = Settings(
-        members,
-        arch,
-        arch_kwargs,
-        {g.name: list(g.labels) for g in group_specs},
-        epochs,
-        int(seed),
-        recipe,
-    )
-    run = _Run(settings, group_specs, data, _layout(members, len(group_specs), device, devices))
-    if checkpoint is not None:
-        run.restore(checkpoint, out_dir / CHECKPOINT_FILE)
-        say(f"resuming {out_dir} after epoch {run.epoch}")
-    else:
-        torch.manual_seed(seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    labels = [label for g in group_specs for label in g.labels]
-    board = TensorBoardLog(out_dir / TENSORBOARD_DIR)
-    stopped_early = False
-    try:
-        # Worker threads take torch's thread count when they first compute: set it first.
-        with (
-            _torch_threads(run.threads),
-            ThreadPoolExecutor(run.workers) as pool,
-            make_progress(progress, transient=True) as bar,
-        ):
-            epochs_task = bar.add_task("epochs", total=epochs, completed=run.epoch)
-            for epoch in range(run.epoch + 1, epochs + 1):
-                t0 = time.perf_counter()
-                batches = bar.add_task(f"epoch {epoch}", total=run.n_batches())
-                rows = run.run_epoch(epoch, pool, functools.partial(bar.advance, batches))
-                bar.remove_task(batches)
-                save_checkpoint(out_dir / CHECKPOINT_FILE, run.state())
-                write_history(out_dir / HISTORY_FILE, run.history, labels)
-                board.log(rows)
-                seconds = time.perf_counter() - t0
-                bar.advance(epochs_task)
-                say(_summary(epoch, epochs, recipe.lr_at(epoch), seconds, rows))
-                if callback is not None:
-                    callback(epoch, rows)
-                elapsed = time.perf_counter() - started
-                if epoch < epochs and max_minutes is not None:
-                    if elapsed + seconds > 60.0 * max_minutes:
-                        say(
-                            f"stopping after epoch {epoch} of {epochs}: the next would pass "
-                            f"{max_minutes:g} minutes; --resume continues the run"
-                        )
-                        stopped_early = True
-                        break
-    finally:
-        board.close()
-    if run.history:
-        plot_loss_curves(out_dir / LOSS_CURVE_FILE, run.history)
+        with open_dataset(dataset_path) as ds:
+            label_names = ds.label_names
+        group_specs = resolve_groups(groups, label_names, dataset_path)
+        data = load_training_data(dataset_path, group_specs, batch_size)
+        for group in group_specs:
+            for split, rows in data.groups[group.name].items():
+                if rows.dropped:
+                    say(
+                        f"group {group.name}: {rows.dropped} of {data.n_rows[split]} {split} rows "
+                        "dropped (NaN labels or flux)"
+                    )
+        settings = Settings(
+            members,
+            arch,
+            arch_kwargs,
+            {g.name: list(g.labels) for g in group_specs},
+            epochs,
+            int(seed),
+            recipe,
+        )
+        run = _Run(settings, group_specs, data, _layout(members, len(group_specs), device, devices))
+        if checkpoint is not None:
+            run.restore(checkpoint, out_dir / CHECKPOINT_FILE)
+            say(f"resuming {out_dir} after epoch {run.epoch}")
+        else:
+            torch.manual_seed(seed)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        labels = [label for g in group_specs for label in g.labels]
+        board = TensorBoardLog(out_dir / TENSORBOARD_DIR)
+        stopped_early = False
+        try:
+            # Worker threads take torch's thread count when they first compute: set it first.
+            with (
+                _torch_threads(run.threads),
+                ThreadPoolExecutor(run.workers) as pool,
+                make_progress(progress, transient=True) as bar,
+            ):
+                epochs_task = bar.add_task("epochs", total=epochs, completed=run.epoch)
+                for epoch in range(run.epoch + 1, epochs + 1):
+                    t0 = time.perf_counter()
+                    batches = bar.add_task(f"epoch {epoch}", total=run.n_batches())
+                    rows = run.run_epoch(epoch, pool, functools.partial(bar.advance, batches))
+                    bar.remove_task(batches)
+                    save_checkpoint(out_dir / CHECKPOINT_FILE, run.state())
+                    write_history(out_dir / HISTORY_FILE, run.history, labels)
+                    board.log(rows)
+                    seconds = time.perf_counter() - t0
+                    bar.advance(epochs_task)
+                    say(_summary(epoch, epochs, recipe.lr_at(epoch), seconds, rows))
+                    if callback is not None:
+                        callback(epoch, rows)
+                    elapsed = time.perf_counter() - started
+                    if epoch < epochs and max_minutes is not None:
+                        if elapsed + seconds > 60.0 * max_minutes:
+                            say(
+                                f"stopping after epoch {epoch} of {epochs}: the next would pass "
+                                f"{max_minutes:g} minutes; --resume continues the run"
+                            )
+                            stopped_early = True
+                            break
+        finally:
+            board.close()
+        if run.history:
+            plot_loss_curves(out_dir / LOSS_CURVE_FILE, run.history)
 
-    provenance = {
-        "dataset": str(Path(dataset_path).resolve()),
-        "trained_with": f"lamost-rrnet {__version__}, torch {torch.__version__}",
-        "settings": settings.to_dict(),
-        "epochs_completed": run.epoch,
-        "stopped_early": stopped_early,
-        "best_epochs": {g: [b for s in sh for b in s.best_epoch] for g, sh in run.shards.items()},
-        "rows": {
-            g.name: {split: int(rows.rows.size) for split, rows in data.groups[g.name].items()}
-            for g in group_specs
-        },
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    ensemble = run.ensemble(name or out_dir.resolve().name, provenance)
-    ensemble.save(out_dir)
-    say(f"model written to {out_dir}")
-    return ensemble
+        provenance = {
+            "dataset": str(Path(dataset_path).resolve()),
+            "trained_with": f"lamost-rrnet {__version__}, torch {torch.__version__}",
+            "settings": settings.to_dict(),
+            "epochs_completed": run.epoch,
+            "stopped_early": stopped_early,
+            "best_epochs": {
+                g: [b for s in sh for b in s.best_epoch] for g, sh in run.shards.items()
+            },
+            "rows": {
+                g.name: {split: int(rows.rows.size) for split, rows in data.groups[g.name].items()}
+                for g in group_specs
+            },
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        ensemble = run.ensemble(name or out_dir.resolve().name, provenance)
+        ensemble.save(out_dir)
+        say(f"model written to {out_dir}")
+        return ensemble
