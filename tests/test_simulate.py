@@ -122,6 +122,27 @@ def test_missing_labels_follow_iron_and_the_vmic_relation():
         synthesize(short.drop(columns="Logg"))
 
 
+def test_stars_go_through_in_chunks_with_the_same_result(monkeypatch):
+    """The in-memory API works in chunks of stars; rows do not depend on the chunking."""
+    from lamost_rrnet.simulate import memory
+
+    labels = draw_labels(7, np.random.default_rng(2))
+    whole = synthesize(labels)
+    observed = simulate_observed(labels, 40.0, np.random.default_rng(3), bad_pixel_rate=0.0)
+    monkeypatch.setattr(memory, "CHUNK_STARS", 3)
+    # Equal to float32 rounding: vectorized loops round their tails differently.
+    np.testing.assert_allclose(synthesize(labels), whole, rtol=0, atol=2e-6)
+    chunked = simulate_observed(labels, 40.0, np.random.default_rng(3), bad_pixel_rate=0.0)
+    for arm in ("blue", "red"):
+        got, want = getattr(chunked, arm), getattr(observed, arm)
+        assert got.flux.shape == want.flux.shape and got.mask.dtype == want.mask.dtype
+        assert (got.ivar > 0).all() and np.isfinite(got.flux).all()
+        # Other random draws, the same stars: S/N 40 in each row, and rows in label order.
+        np.testing.assert_allclose(got.snr, want.snr, rtol=0.1)
+        continuum = np.median(got.flux, axis=1) / np.median(want.flux, axis=1)
+        assert np.all((continuum > 0.1) & (continuum < 10))
+
+
 def test_gravity_widens_the_mg_b_wings():
     flux = synthesize(pd.concat([star(5000, 2.5, 0.0), star(5000, 4.6, 0.0)]))
     wings = np.zeros(WAVE.size, bool)

@@ -184,17 +184,24 @@ def cog_lookup(log_eta0: np.ndarray, log_a: np.ndarray) -> np.ndarray:
     f32 = np.float32
     table = _cog_flat()
     ncol = COG_LOG_A.size
-    fi = (log_eta0 - f32(COG_LOG_ETA[0])) * f32(_COG_STEP)
+    fi = log_eta0 - f32(COG_LOG_ETA[0])
+    fi *= f32(_COG_STEP)
     np.clip(fi, f32(0.0), f32(COG_LOG_ETA.size - 1.001), out=fi)
-    i = fi.astype(np.int32)
-    fi -= i
-    j = (log_a - f32(COG_LOG_A[0])) * f32(_COG_STEP) + f32(0.5)
+    # Row and column indices stay float32 (exact integers) until the one conversion: float
+    # ufuncs are vectorized, mixed int/float arithmetic is not.
+    k = np.floor(fi)
+    fi -= k
+    j = log_a - f32(COG_LOG_A[0])
+    j *= f32(_COG_STEP)
+    j += f32(0.5)
     np.clip(j, f32(0.0), f32(ncol - 1), out=j)
-    k = i * ncol
-    k += j.astype(np.int32)
-    g0 = table[k]
-    k += ncol
-    g1 = table[k]
+    np.floor(j, out=j)
+    k *= f32(ncol)
+    k += j
+    index = k.astype(np.int32)
+    g0 = np.take(table, index)
+    index += ncol
+    g1 = np.take(table, index)
     g1 -= g0
     g1 *= fi
     g1 += g0
@@ -297,7 +304,9 @@ def reduced_widths(atm: Atmosphere, terms: np.ndarray, phys: LinePhysics) -> np.
     log_v_lines = log_v[:, phys.species]
     log_a = phys.gamma6[None, :] * vdw
     log_a += phys.gamma_rad[None, :]
-    np.log10(log_a, out=log_a)
+    # float32 log10 is not vectorized in NumPy and log is: 4x faster, the same to 2 ulp.
+    np.log(log_a, out=log_a)
+    log_a *= f32(1.0 / np.log(10.0))
     log_a += phys.a_const[None, :]
     log_a -= log_v_lines
     log_w = cog_lookup(log_eta0, log_a)
