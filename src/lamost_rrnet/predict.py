@@ -31,6 +31,7 @@ from rich.markup import escape
 
 from lamost_rrnet._version import __version__
 from lamost_rrnet.catalog import (
+    META_COLUMNS,
     CatalogueSchema,
     CsvStream,
     FlagRule,
@@ -41,6 +42,7 @@ from lamost_rrnet.catalog import (
     refuse_existing,
     status_text,
 )
+from lamost_rrnet.devices import torch_threads
 from lamost_rrnet.errors import CatalogueError, CoverageError, RRNetError, SpectrumError
 from lamost_rrnet.locking import exclusive
 from lamost_rrnet.progress import make_progress, stderr_console
@@ -82,19 +84,6 @@ def default_workers(device: str = "cpu") -> int:
     if device == "cpu":
         return max(1, cores // 3)
     return max(1, cores - 1)
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Run the model with ``n`` torch threads, and give the caller back its own count."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,21 +315,7 @@ def load_rv_table(path: str | os.PathLike[str], rv_column: str | None, directory
 # Worker side: files to normalized spectra
 
 
-_ROW_FIELDS = (
-    "obsid",
-    "filename",
-    "ra",
-    "dec",
-    "extname_blue",
-    "extname_red",
-    "snr_blue",
-    "snr_red",
-    "rv",
-    "rv_source",
-    "status",
-    "n_outliers",
-    "max_run",
-)
+_ROW_FIELDS = (*META_COLUMNS, "rv", "rv_source", "status", "n_outliers", "max_run")
 
 
 @dataclass(frozen=True)
@@ -792,7 +767,7 @@ def predict_files(
             pending: list[_Rows] = []
             threads = _cores() if threads is None else threads
             try:
-                with bar, _torch_threads(threads):
+                with bar, torch_threads(threads):
                     for rows in pipeline.run(tasks()):
                         summary.files += rows.files
                         for message in rows.errors:

@@ -9,13 +9,12 @@ and the history always cover whole epochs of all groups.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -26,7 +25,7 @@ import torch
 
 from lamost_rrnet._version import __version__
 from lamost_rrnet.dataset import open_dataset
-from lamost_rrnet.devices import select_device
+from lamost_rrnet.devices import select_device, torch_threads
 from lamost_rrnet.ensemble import Ensemble, LabelGroup
 from lamost_rrnet.errors import OutputExistsError, RRNetError
 from lamost_rrnet.locking import exclusive
@@ -112,16 +111,6 @@ def _split(indices: Sequence[int], parts: int) -> list[list[int]]:
     """Contiguous, near-equal parts of ``indices`` (no empty ones)."""
     bounds = np.linspace(0, len(indices), parts + 1).round().astype(int)
     return [list(indices[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _history_rows(group: GroupSpec, epoch: int, lr: float, seconds: float, results) -> list[dict]:
@@ -388,7 +377,7 @@ def train_ensemble(
         try:
             # Worker threads take torch's thread count when they first compute: set it first.
             with (
-                _torch_threads(run.threads),
+                torch_threads(run.threads),
                 ThreadPoolExecutor(run.workers) as pool,
                 make_progress(progress, transient=True) as bar,
             ):
