@@ -20,6 +20,12 @@ def _env(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
+def _option(default, *flags: str, **kwargs):
+    """A typer option that also reads ``LAMOST_RRNET_TRAIN_<NAME>``, named from its long flag."""
+    name = next(f for f in flags if f.startswith("--"))[2:].replace("-", "_")
+    return typer.Option(default, *flags, envvar=_env(name), show_envvar=False, **kwargs)
+
+
 def _load_config(ctx: typer.Context, param, value: Path | None) -> Path | None:
     """Eager: the YAML file's values become the defaults of the other options, so that the
     command line and the environment still override them."""
@@ -63,117 +69,41 @@ def train_command(
     dataset: Path = typer.Argument(
         ..., exists=True, dir_okay=False, help="Dataset (.h5) written by prepare."
     ),
-    output: Path = typer.Option(
-        ...,
-        "-o",
-        "--output",
-        file_okay=False,
-        envvar=_env("output"),
-        show_envvar=False,
-        help="Model directory.",
-    ),
-    members: int = typer.Option(
-        6,
-        "--members",
-        min=1,
-        envvar=_env("members"),
-        show_envvar=False,
-        help="Members per label group.",
-    ),
-    arch: str = typer.Option(
-        "rrnet",
-        "--arch",
-        envvar=_env("arch"),
-        show_envvar=False,
-        help="rrnet, resnet, starnet or starnet-r.",
-    ),
-    groups: str = typer.Option(
+    output: Path = _option(..., "-o", "--output", file_okay=False, help="Model directory."),
+    members: int = _option(6, "--members", min=1, help="Members per label group."),
+    arch: str = _option("rrnet", "--arch", help="rrnet, resnet, starnet or starnet-r."),
+    groups: str = _option(
         "paper",
         "--groups",
-        envvar=_env("groups"),
-        show_envvar=False,
         help="paper (SP: Teff, log g, [Fe/H]; CA: the rest), single, or a YAML file.",
     ),
-    epochs: int = typer.Option(30, "--epochs", min=1, envvar=_env("epochs"), show_envvar=False),
-    batch_size: int = typer.Option(
-        256, "--batch-size", min=1, envvar=_env("batch_size"), show_envvar=False
-    ),
-    lr: float = typer.Option(
-        5e-4, "--lr", envvar=_env("lr"), show_envvar=False, help="Adam learning rate."
-    ),
-    noise_prob: float = typer.Option(
+    epochs: int = _option(30, "--epochs", min=1),
+    batch_size: int = _option(256, "--batch-size", min=1),
+    lr: float = _option(5e-4, "--lr", help="Adam learning rate."),
+    noise_prob: float = _option(
         0.25,
         "--noise-prob",
         min=0.0,
         max=1.0,
-        envvar=_env("noise_prob"),
-        show_envvar=False,
         help="Probability that a z-scored flux pixel gets N(0,1) noise.",
     ),
-    noise_from_epoch: int = typer.Option(
-        6, "--noise-from-epoch", min=1, envvar=_env("noise_from_epoch"), show_envvar=False
+    noise_from_epoch: int = _option(6, "--noise-from-epoch", min=1),
+    seed: int = _option(0, "--seed"),
+    resume: bool = _option(False, "--resume", help="Continue a run from its checkpoint."),
+    overwrite: bool = _option(False, "--overwrite", help="Start again over an earlier run."),
+    devices: str | None = _option(
+        None, "--devices", help="Spread each group's members over devices, e.g. cuda:0,cuda:1."
     ),
-    seed: int = typer.Option(0, "--seed", envvar=_env("seed"), show_envvar=False),
-    resume: bool = typer.Option(
-        False,
-        "--resume",
-        envvar=_env("resume"),
-        show_envvar=False,
-        help="Continue a run from its checkpoint.",
-    ),
-    overwrite: bool = typer.Option(
-        False,
-        "--overwrite",
-        envvar=_env("overwrite"),
-        show_envvar=False,
-        help="Start again over an earlier run.",
-    ),
-    devices: str | None = typer.Option(
-        None,
-        "--devices",
-        envvar=_env("devices"),
-        show_envvar=False,
-        help="Spread each group's members over devices, e.g. cuda:0,cuda:1.",
-    ),
-    max_minutes: float | None = typer.Option(
+    max_minutes: float | None = _option(
         None,
         "--max-minutes",
-        envvar=_env("max_minutes"),
-        show_envvar=False,
         help="Stop after the epoch that would overrun this budget (resume later).",
     ),
-    nr: str | None = typer.Option(
-        None,
-        "--nr",
-        envvar=_env("nr"),
-        show_envvar=False,
-        help="RRNet residual channels, e.g. 4,8,16.",
-    ),
-    ns: int | None = typer.Option(
-        None,
-        "--ns",
-        min=1,
-        envvar=_env("ns"),
-        show_envvar=False,
-        help="Sub-bands of the recurrent layer.",
-    ),
-    mode: str | None = typer.Option(
-        None,
-        "--mode",
-        envvar=_env("mode"),
-        show_envvar=False,
-        help="RRNet mode: post-RNN, pre-RNN or raw.",
-    ),
-    dropout: float | None = typer.Option(
-        None, "--dropout", min=0.0, max=0.95, envvar=_env("dropout"), show_envvar=False
-    ),
-    name: str | None = typer.Option(
-        None,
-        "--name",
-        envvar=_env("name"),
-        show_envvar=False,
-        help="Model name (default: the directory name).",
-    ),
+    nr: str | None = _option(None, "--nr", help="RRNet residual channels, e.g. 4,8,16."),
+    ns: int | None = _option(None, "--ns", min=1, help="Sub-bands of the recurrent layer."),
+    mode: str | None = _option(None, "--mode", help="RRNet mode: post-RNN, pre-RNN or raw."),
+    dropout: float | None = _option(None, "--dropout", min=0.0, max=0.95),
+    name: str | None = _option(None, "--name", help="Model name (default: the directory name)."),
     config: Path | None = typer.Option(
         None,
         "--config",
