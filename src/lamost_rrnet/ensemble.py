@@ -239,7 +239,7 @@ class Ensemble:
                 self._predict_rows(flux, rows, mu, sigma)
             return mu, sigma
         # On a CPU, the members' small matrix products scale poorly over intra-op threads;
-        # one single-threaded shard of each batch per thread gives about 1.5x at 2 threads.
+        # one single-threaded shard of each batch per thread gave 1.6-2.0x at 2 threads.
         # Thread counts are per thread for OpenMP, so the workers set theirs, and the caller's
         # (also MKL's process-wide one) is restored afterwards.
         try:
