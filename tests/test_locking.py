@@ -24,6 +24,17 @@ def test_the_lock_excludes_a_second_holder_and_goes_with_the_first(tmp_path):
         pass
 
 
+def test_a_directory_given_as_dot_is_locked_beside_it(tmp_path, monkeypatch):
+    work = tmp_path / "model"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with exclusive("."):
+        assert (tmp_path / ".model.lock").exists()
+        with pytest.raises(OutputBusyError):
+            with exclusive(work):
+                pass
+
+
 def test_prepare_and_train_refuse_an_output_in_use(tmp_path):
     dataset = tmp_path / "set.h5"
     with exclusive(dataset), pytest.raises(OutputBusyError, match="set.h5"):

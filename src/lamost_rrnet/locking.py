@@ -21,8 +21,8 @@ except ImportError:  # Windows
 
 
 def lock_path(output: str | os.PathLike[str]) -> Path:
-    """The lock file of ``output``."""
-    output = Path(output)
+    """The lock file of ``output`` (absolute, so that ``.`` or ``dir/..`` gets a name)."""
+    output = Path(os.path.abspath(output))
     return output.with_name(f".{output.name}.lock")
 
 
