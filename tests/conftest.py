@@ -26,6 +26,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: tiny models run fastest so, on a CPU shared with others."""
+    from lamost_rrnet.devices import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not (SHARED / "published_rrnet" / "FACTS.md").exists():

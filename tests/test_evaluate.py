@@ -23,15 +23,7 @@ from lamost_rrnet.evaluate.metrics import (
 NAN = math.nan
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny models here run fastest on one thread, and the CPU is shared with other tests."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # Six spectra whose S/N = min(blue, red) is 9.9 (below every bin: only in "all"), then each

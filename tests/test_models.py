@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers_published import seeded_state_dict
 from lamost_rrnet.models import GaussianNet, RRNet, StarNet, create_model, list_models
 from lamost_rrnet.models.fastconv import packed_residual_features
 from lamost_rrnet.models.published import (
@@ -23,17 +24,6 @@ from lamost_rrnet.models.published import (
 def manifest(shared_dir):
     path = shared_dir / "published_rrnet" / "published_state_dict_manifest.json"
     return json.loads(path.read_text())
-
-
-def seeded(shapes: dict[str, list[int]]) -> dict[str, torch.Tensor]:
-    """The manifest's reference_check initialization, in the listed key order."""
-    torch.manual_seed(0)
-    state = {}
-    for key, shape in shapes.items():
-        tensor = torch.empty(shape)
-        torch.nn.init.normal_(tensor, std=0.1)
-        state[key] = tensor
-    return state
 
 
 def reference_inputs() -> torch.Tensor:
@@ -139,7 +129,7 @@ EXACT_TOL = {"SP": (1e-4, 1e-4), "CA": (1e-4, 5e-4)}  # (mu rtol, variance rtol)
 def test_reference_check(manifest, group):
     entry = manifest[group]
     check = entry["reference_check"]
-    state = convert_published_state_dict(seeded(entry["state_dict"]))
+    state = convert_published_state_dict(seeded_state_dict(entry["state_dict"], 0))
     model = RRNet(entry["num_labels"])
     model.load_state_dict(state, strict=True)
     model.eval()

@@ -23,13 +23,7 @@ from lamost_rrnet.training.stacked import StackedNet, _Conv3
 TINY = {"Nr": [2, 2, 2]}  # 0.5 M parameters: a member trains in milliseconds per spectrum
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread, and the CPU is shared with other tests."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def simulated(n_stars: int, seed: int, snr=(30.0, 150.0)):

@@ -713,10 +713,10 @@ def predict_files(
         output_format(output)
         if to_stdout and (resume or overwrite):
             raise ValueError("resume and overwrite need an output file, not stdout")
+    to_file = output is not None and not to_stdout
     # Held for the whole run, so that a second run on the same output stops at once.
-    guard = exclusive(output) if output is not None and not to_stdout else contextlib.nullcontext()
-    with guard:
-        if output is not None and not to_stdout:
+    with exclusive(output) if to_file else contextlib.nullcontext():
+        if to_file:
             refuse_existing(output, resume=resume, overwrite=overwrite)
         paths = [os.fspath(p) for p in paths]  # the arguments, not the expansion
         first = next(iter_input_paths(paths, list_file), None)
