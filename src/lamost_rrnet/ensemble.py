@@ -2,7 +2,7 @@
 
 An :class:`Ensemble` turns continuum-normalized flux (B, 7200) into μ and σ per label in
 physical units. It clips the flux (inference only), z-scores it per pixel, runs every member
-of every label group, combines each group's members by paper eq. 3 (FACTS.md §4) and scales
+of every label group, combines each group's members by paper eq. 3 (docs/models.md) and scales
 back with the label mean and std. The published model and ours share this object.
 
 Model directory (docs/models.md)::
@@ -68,7 +68,7 @@ def _plain(value: Any) -> Any:
 
 @dataclass
 class Normalization:
-    """Per-pixel flux and per-label mean/std of the training set (FACTS.md §3 steps 6-7)."""
+    """Per-pixel flux and per-label mean/std of the training set (docs/preprocessing.md 6-7)."""
 
     flux_mean: np.ndarray
     flux_std: np.ndarray

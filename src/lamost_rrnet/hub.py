@@ -47,7 +47,7 @@ RETRIES = 3
 RETRY_WAIT = 1.0
 TIMEOUT = 30.0
 
-#: Label ranges of the paper's reference set (DESIGN.md "Model directory"); the other labels of
+#: Label ranges of the paper's reference set (docs/models.md); the other labels of
 #: the published model get mean ± PUBLISHED_RANGE_STDS std of its label_config.
 PUBLISHED_RANGES = {"Teff[K]": (4000.0, 6500.0), "Logg": (0.0, 5.0), "FeH": (-1.45, 0.45)}
 PUBLISHED_RANGE_STDS = 4.0
@@ -404,7 +404,7 @@ def _numpy_reconstruct() -> Any:
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Allows exactly the three globals of a pickled dict of NumPy arrays (FACTS.md §1)."""
+    """Allows exactly the three globals of a pickled dict of NumPy arrays (docs/models.md)."""
 
     def __init__(self, fh, path: Path):
         super().__init__(fh)
@@ -451,7 +451,7 @@ def load_label_config(path: str | os.PathLike[str], n_pixels: int = 7200) -> dic
 def published_label_ranges(
     normalization: Normalization, labels: Sequence[str]
 ) -> dict[str, tuple[float, float]]:
-    """The published model's label ranges for the flag (DESIGN.md "Model directory")."""
+    """The published model's label ranges for the flag (docs/models.md)."""
     ranges = {}
     for label, row in zip(labels, normalization.index(labels), strict=True):
         if label in PUBLISHED_RANGES:

@@ -7,7 +7,7 @@ ELEMENTS = ("C", "N", "O", "Mg", "Al", "Si", "S", "K", "Ca", "Ti", "Cr", "Mn", "
 #: The 17 labels in the paper's Table 3 (catalogue) order: FeH sits between MnH and NiH.
 CATALOGUE_LABELS = ("Teff[K]", "Logg", *(f"{el}H" for el in ELEMENTS))
 
-#: The published ensemble's groups and their output order (FACTS.md §1, §4).
+#: The published ensemble's groups and their output order (docs/models.md).
 PAPER_GROUPS = {
     "SP": ("Teff[K]", "Logg", "FeH"),
     "CA": (

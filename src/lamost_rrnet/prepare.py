@@ -1,7 +1,7 @@
 """Reference table + FITS files -> the prepared dataset (HDF5), in parallel and resumably.
 
 Per row: read the two named extensions, take the table's RV (or estimate one by
-cross-correlation where it is missing), count the outlier pixels (FACTS.md §5) and reject
+cross-correlation where it is missing), count the outlier pixels (docs/preprocessing.md) and reject
 the spectrum above the thresholds, resample onto the grid, then normalize a whole chunk at
 once with the batched rrnet2022 path. Worker processes handle chunks of rows; the parent
 writes them in order, so the dataset is the same for any number of workers. Every row ends

@@ -10,7 +10,7 @@ from torch import nn
 class GaussianHead(nn.Module):
     """Linear(in, 256) → ReLU → Dropout → Linear(256, 128) → ReLU → Dropout → (μ, variance).
 
-    The variance is ``softplus(Linear(128, n))``, in z-scored label units (FACTS.md §2).
+    The variance is ``softplus(Linear(128, n))``, in z-scored label units (docs/models.md).
     """
 
     def __init__(self, in_features: int, n_labels: int, dropout: float = 0.3):

@@ -2,7 +2,7 @@
 
 A published member file is ``torch.save(model.state_dict())`` of the authors' post-RNN RRNet
 (Nr=[4,8,16], Ns=40), saved from CUDA. Its keys and shapes are listed in
-``published_state_dict_manifest.json`` (../shared); FACTS.md §1–2 describe them.
+the published repository's state dicts; docs/models.md ("The published files") describes them.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """RRNet (Xiong, Li & Liao 2022): residual conv stages, a recurrent module over sub-bands, and a
-Gaussian head. FACTS.md §2 is the specification; ``mode`` gives the paper's Fig. 3 variants.
+Gaussian head. docs/models.md is the specification; ``mode`` gives the paper's Fig. 3 variants.
 
 - ``post-RNN`` (the paper's model): stages → ReLU → ``Ns`` sub-bands → RNN → head.
 - ``pre-RNN``: the RNN runs first, over ``Ns`` sub-bands of the flux, then the stages.

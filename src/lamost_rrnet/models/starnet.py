@@ -1,4 +1,4 @@
-"""StarNet and StarNet-R, the paper's comparison models (FACTS.md §6).
+"""StarNet and StarNet-R, the paper's comparison models (docs/models.md).
 
 StarNet: Conv1d(1→4, k3) ReLU, Conv1d(4→16, k3) ReLU, MaxPool1d(4), then the shared head.
 StarNet-R adds the recurrent module after the convolutions: 80 sub-bands through RNN(360, 360).
@@ -45,7 +45,7 @@ class StarNet(GaussianNet):
         batch = x.shape[0]
         h = F.relu(self.conv1(x.reshape(batch, 1, -1)))
         h = F.max_pool1d(F.relu(self.conv2(h)), 4)
-        # (position, channel) order, as the recurrent sub-bands need (FACTS.md §6).
+        # (position, channel) order, as the recurrent sub-bands need (docs/models.md).
         h = h.transpose(1, 2).reshape(batch, -1)
         if self.rnn is not None:
             h, _ = self.rnn(h.reshape(batch, self.Ns, -1))

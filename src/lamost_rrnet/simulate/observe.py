@@ -17,7 +17,8 @@ BAD_PIXEL = 1
 COSMIC_RAY = 2
 EXPOSURE_PIXELS = 4136
 
-#: The coadd coverage of the in-memory API (that of the first real spectrum in ../shared).
+#: The coadd coverage of the in-memory API: that of the real DR7 coadd
+#: med-58025-HIP9645901_sp02-051.
 COADD_GRIDS = {"blue": LogGrid.covering(4927.2, 5374.0), "red": LogGrid.covering(6300.2, 6877.0)}
 
 #: Default defect rates: bad-pixel runs per pixel, cosmic-ray hits per pixel and exposure.

@@ -262,8 +262,9 @@ def _read_arm(where: str, header: dict, data: np.ndarray, extname: str) -> tuple
     if "LOGLAM" in names:
         layout = "dr7"
         loglam = _column(data, "LOGLAM", np.float32)
-        # Published number types (FACTS.md §3): λ = 10**LOGLAM is kept in float32. Rounding the
-        # float64 power is the correctly rounded float32 power on every platform.
+        # Published number types (docs/preprocessing.md): λ = 10**LOGLAM in float32, correctly
+        # rounded: a float32 power differs by one ulp between CPUs, which the outlier steps
+        # turn into up to 2 % at single pixels; the rounded float64 power is the same everywhere.
         wavelength = np.power(10.0, loglam.astype(np.float64)).astype(np.float32)
     elif "WAVELENGTH" in names:
         layout = "dr9"

@@ -1,4 +1,4 @@
-"""The published "rrnet2022" preprocessing (FACTS.md §3 steps 1-4) and its fast batched path.
+"""The published "rrnet2022" preprocessing (docs/preprocessing.md, steps 1-4) and its batched path.
 
 Steps: RV correction to the rest frame, linear resampling onto two 3600-pixel grids of 0.1 Å,
 then continuum normalization of each arm (median cleaning, iterative 5th-order polynomial,
@@ -8,7 +8,7 @@ are applied by :class:`lamost_rrnet.ensemble.Ensemble`.
 Number types: the outlier replacement is chaotic, so one pixel flagged differently changes the
 whole arm. To reproduce the published outputs, the spectra, the median cleaning and the
 standardization stay in float32 while the polynomial work is float64, exactly as in the
-authors' code under NumPy 1.x (FACTS.md §3, "Number types"). Keep those dtypes.
+authors' code under NumPy 1.x (docs/preprocessing.md, "Number types"). Keep those dtypes.
 """
 
 from __future__ import annotations
@@ -268,7 +268,7 @@ def _longest_run(bad: np.ndarray) -> int:
 def outlier_stats(
     spectrum: Spectrum, rv: float = 0.0, spec: PreprocessSpec = RRNET2022
 ) -> tuple[int, int]:
-    """(number of outlier pixels, longest run of them) on the network's grid (FACTS.md §5).
+    """(number of outlier pixels, longest run of them) on the network's grid.
 
     A grid pixel is an outlier when the source pixel nearest to it (in the rest frame) has
     IVAR = 0, a nonzero mask bit, FLUX <= 0 or a non-finite value. These are bad pixels

@@ -1,7 +1,7 @@
 """The training and validation data in memory: z-scored flux and each group's z-scored labels.
 
 The normalization (per-pixel flux mean/std, per-label mean/std) comes from the training split
-only. Training does not clip the flux (FACTS.md §3 step 5: the clip is for inference).
+only. Training does not clip the flux (docs/preprocessing.md step 5: the clip is for inference).
 Flux is read in blocks, so the only large allocation is the z-scored float32 array itself
 (28.8 kB per spectrum: 2.3 GB for the paper's 80,000 training spectra).
 """

@@ -318,7 +318,7 @@ def train_ensemble(
 ) -> Ensemble:
     """Train a deep ensemble on ``dataset_path`` and save it as a model directory ``out_dir``.
 
-    The recipe is the paper's (FACTS.md §5): Gaussian NLL with a variance floor, Adam at
+    The recipe is the paper's (docs/training.md): Gaussian NLL with a variance floor, Adam at
     ``lr`` with StepLR(10, 0.1), ``epochs`` epochs of ``batch_size``, from epoch
     ``noise_from_epoch`` on N(0,1) noise added to each z-scored flux pixel with probability
     ``noise_prob``, and each member's weights of its best validation loss. ``groups`` is

@@ -24,7 +24,7 @@ from lamost_rrnet.training.stacked import load_member_states, member_states, sta
 
 @dataclass(frozen=True)
 class Recipe:
-    """The optimization recipe (FACTS.md §5 by default)."""
+    """The optimization recipe (the paper's by default, docs/training.md)."""
 
     batch_size: int = 256
     lr: float = 5e-4
