@@ -85,6 +85,20 @@ def test_round_trip_and_chunked_reads(tmp_path):
             ds.labels([0], ["XH"])
 
 
+def test_ivar_without_a_per_pixel_array_comes_from_each_arms_snr(tmp_path):
+    flux, labels, errors, meta = _rows(4)
+    meta["snr_blue"] = np.array([10.0, 50.0, np.nan, 0.0])
+    meta["snr_red"] = np.array([20.0, 5.0, 30.0, -1.0])
+    write_dataset(tmp_path / "d.h5", flux, labels, NAMES, meta, errors)
+    with open_dataset(tmp_path / "d.h5") as ds:
+        ivar = ds.ivar([1, 0, 2, 3])
+    assert ivar.dtype == np.float32 and ivar.shape == (4, 7200)
+    n_blue = RRNET2022.grids()[0].size
+    want_blue = np.repeat([[2500.0], [100.0], [0.0], [0.0]], n_blue, axis=1)
+    want_red = np.repeat([[25.0], [400.0], [900.0], [0.0]], 7200 - n_blue, axis=1)
+    np.testing.assert_array_equal(ivar, np.hstack([want_blue, want_red]))
+
+
 def test_missing_errors_are_nan_and_missing_split_raises(tmp_path):
     flux, labels, _, meta = _rows(6)
     meta["split"] = ["train"] * 5 + ["test"]

@@ -407,6 +407,22 @@ class Dataset:
             rows = self._flux[unique]
         return rows[inverse]
 
+    def ivar(self, indices: np.ndarray | Sequence[int]) -> np.ndarray:
+        """float32 (k, n_pixels) inverse variance of the normalized flux of the rows given.
+
+        A dataset without per-pixel ``/ivar`` gets the arm's S/N squared on every pixel of
+        that arm: normalized flux is about 1 on the continuum, so its noise is about 1/S/N.
+        An unknown or non-positive S/N gives 0 (no information).
+        """
+        idx = np.asarray(indices, np.int64)
+        n_blue = self.preprocessing.grids()[0].size
+        out = np.empty((idx.size, self._flux.shape[1]), np.float32)
+        for arm, column in ((slice(0, n_blue), "snr_blue"), (slice(n_blue, None), "snr_red")):
+            snr = self.meta(column, idx).astype(np.float64)
+            snr = np.where(np.isfinite(snr) & (snr > 0), snr, 0.0)
+            out[:, arm] = (snr**2)[:, None]
+        return out
+
     def _all_labels(self) -> np.ndarray:
         if self._labels is None:
             self._labels = self._file["labels"][:]
