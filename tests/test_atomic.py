@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from lamost_rrnet.atomic import atomic_path, atomic_write_bytes
+from lamost_rrnet.atomic import atomic_path, atomic_write_bytes, remove_stale_temporaries
 
 
 def test_written_file_gets_the_umask_mode_not_0600(tmp_path):
@@ -36,3 +36,32 @@ def test_an_existing_file_is_replaced_only_on_success(tmp_path):
     assert path.read_bytes() == b"old"
     atomic_write_bytes(path, b"new")
     assert path.read_bytes() == b"new"
+
+
+def test_content_is_fsynced_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_ino))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.stat(src).st_ino))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    atomic_write_bytes(tmp_path / "out.bin", b"data")
+    file_ino, dir_ino = (tmp_path / "out.bin").stat().st_ino, tmp_path.stat().st_ino
+    assert events == [("fsync", file_ino), ("replace", file_ino), ("fsync", dir_ino)]
+
+
+def test_temporaries_left_by_a_kill_are_removed(tmp_path):
+    path = tmp_path / "d[1].h5"
+    stale = tmp_path / ".d[1].h5.x8k2.part"
+    stale.write_bytes(b"half")
+    (tmp_path / ".other.h5.abcd.part").write_bytes(b"not ours")
+    path.write_bytes(b"done")
+    assert remove_stale_temporaries(path) == [stale]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.h5.abcd.part", "d[1].h5"]

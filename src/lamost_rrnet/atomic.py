@@ -1,8 +1,14 @@
-"""Atomic file writes: readers never see a half-written output."""
+"""Atomic, durable file writes: readers never see a half-written output, even after a crash.
+
+The content is fsynced before the rename and the directory after it: without the first, a
+power cut can leave the new name on an empty or partial file; without the second, the rename
+itself may be lost.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -19,9 +25,32 @@ def _file_mode() -> int:
 _MODE = _file_mode()
 
 
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """Flush a file's (or a directory's) content and metadata to the disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (IsADirectoryError, PermissionError):
+        return  # Windows cannot open a directory: its renames are durable by other means
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_durably(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """``os.replace`` a file whose content is fsynced first, then fsync the target directory."""
+    fsync_path(source)
+    os.replace(source, target)
+    fsync_path(Path(target).parent)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it into place only if the block succeeds."""
+    """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
+
+    The temporary is ``.<name>.<random>.part``: :func:`remove_stale_temporaries` finds those
+    that a killed process left behind.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
@@ -31,12 +60,24 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp_path
         if tmp_path.exists():
             os.chmod(tmp_path, _MODE)
-        os.replace(tmp_path, target)
+        replace_durably(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporaries that :func:`atomic_path` left beside ``path`` when killed.
+
+    Call it only while holding the output's lock: a live writer's temporary looks the same.
+    """
+    target = Path(path)
+    stale = sorted(target.parent.glob(f".{glob.escape(target.name)}.*.part"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
+    """Write ``data`` to ``path`` atomically and durably."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
