@@ -12,6 +12,7 @@ from lamost_rrnet.dataset import (
     DatasetWriter,
     assign_splits,
     open_dataset,
+    work_dir_for,
     write_dataset,
 )
 from lamost_rrnet.errors import DatasetError, OutputExistsError
@@ -146,11 +147,14 @@ def test_writer_appends_resumes_and_splits(tmp_path):
     path = tmp_path / "d.h5"
     flux, labels, errors, meta = _rows(30)
     first = {k: v[:12] for k, v in meta.items()}
-    with DatasetWriter(path, NAMES) as w:
-        w.append(flux[:12], labels[:12], first, errors[:12])
+    w = DatasetWriter(path, NAMES)
+    w.append(flux[:5], labels[:5], {k: v[:5] for k, v in first.items()}, errors[:5])
+    w.append(flux[5:12], labels[5:12], {k: v[5:12] for k, v in first.items()}, errors[5:12])
     assert not path.exists()  # unfinished builds never take the final name
-    with pytest.raises(DatasetError, match="unfinished"):
-        open_dataset(path.with_name("d.h5.partial"))
+    assert sorted(p.name for p in work_dir_for(path).glob("part-*")) == [
+        "part-000000000.npz",
+        "part-000000001.npz",
+    ]
 
     w = DatasetWriter(path, NAMES, resume=True)
     assert w.n == 12
@@ -159,9 +163,15 @@ def test_writer_appends_resumes_and_splits(tmp_path):
     rest = {k: v[12:] for k, v in meta.items()}
     w.append(flux[12:], labels[12:], rest, errors[12:])
     w.finish(seed=2)
+    assert not work_dir_for(path).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5"]
     with open_dataset(path) as ds:
         assert ds.n == 30
         np.testing.assert_array_equal(ds.flux(np.arange(30)), flux)
+        np.testing.assert_array_equal(ds.labels(), labels)
+        np.testing.assert_array_equal(ds.label_errors(), errors)
+        for name, values in meta.items():
+            np.testing.assert_array_equal(ds.meta(name), np.asarray(values), err_msg=name)
         split = ds.meta("split")
         np.testing.assert_array_equal(split, assign_splits(meta["star_id"], seed=2))
         stars = ds.meta("star_id")
@@ -169,16 +179,94 @@ def test_writer_appends_resumes_and_splits(tmp_path):
             assert np.unique(split[stars == star]).size == 1
 
 
-def test_writer_drops_uncommitted_rows_on_resume(tmp_path):
+def test_built_dataset_has_the_layout_of_write_dataset(tmp_path):
+    flux, labels, errors, meta = _rows(20)
+    write_dataset(tmp_path / "a.h5", flux, labels, NAMES, meta, errors, seed=4)
+    w = DatasetWriter(tmp_path / "b.h5", NAMES)
+    for lo in (0, 8):
+        hi = lo + 12 if lo else 8
+        w.append(flux[lo:hi], labels[lo:hi], {k: v[lo:hi] for k, v in meta.items()}, errors[lo:hi])
+    w.finish(seed=4)
+
+    def layout(path):
+        items = {}
+        with h5py.File(path, "r") as f:
+            f.visititems(
+                lambda name, obj: (
+                    items.setdefault(
+                        name, (obj.shape, obj.dtype, obj.chunks is not None, obj.maxshape)
+                    )
+                    if isinstance(obj, h5py.Dataset)
+                    else None
+                )
+            )
+            attrs = sorted(f.attrs)
+            chunks = f["flux"].chunks
+        return items, attrs, chunks
+
+    assert layout(tmp_path / "a.h5") == layout(tmp_path / "b.h5")
+    with open_dataset(tmp_path / "a.h5") as a, open_dataset(tmp_path / "b.h5") as b:
+        np.testing.assert_array_equal(a.flux(np.arange(20)), b.flux(np.arange(20)))
+        np.testing.assert_array_equal(a.meta("split"), b.meta("split"))
+
+
+def test_writer_never_trusts_temporaries_left_by_a_kill(tmp_path):
     path = tmp_path / "d.h5"
     flux, labels, errors, meta = _rows(10)
-    with DatasetWriter(path, NAMES) as w:
-        w.append(flux[:4], labels[:4], {k: v[:4] for k, v in meta.items()})
-        # A crash between growing the arrays and committing leaves extra rows behind.
-        w._file["flux"].resize(7, axis=0)
+    w = DatasetWriter(path, NAMES)
+    w.append(flux[:4], labels[:4], {k: v[:4] for k, v in meta.items()})
+    # A kill mid-write leaves a temporary beside the part it was writing, and during the
+    # assembly one beside the assembled file and one beside the dataset.
+    work = work_dir_for(path)
+    (work / ".part-000000001.npz.k3j2.part").write_bytes(b"PK\x03\x04 half a zip")
+    (work / ".assembled.h5.x9z1.part").write_bytes(b"\x89HDF half")
+    (tmp_path / ".d.h5.a1b2.part").write_bytes(b"half")
     w = DatasetWriter(path, NAMES, resume=True)
-    assert w.n == 4 and w._file["flux"].shape[0] == 4
-    w.close()
+    assert w.n == 4
+    assert sorted(p.name for p in work.iterdir()) == ["build.json", "part-000000000.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [work.name]
+    w.append(flux[4:], labels[4:], {k: v[4:] for k, v in meta.items()})
+    w.finish()
+    with open_dataset(path) as ds:
+        np.testing.assert_array_equal(ds.flux(np.arange(10)), flux)
+
+
+def test_a_finish_cut_short_is_completed_by_the_next_writer(tmp_path, monkeypatch):
+    path = tmp_path / "d.h5"
+    flux, labels, errors, meta = _rows(6)
+    w = DatasetWriter(path, NAMES)
+    w.append(flux, labels, meta, errors)
+
+    def killed():
+        raise KeyboardInterrupt  # stands for a kill after the assembled file was committed
+
+    monkeypatch.setattr(w, "_complete_interrupted_finish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        w.finish()
+    assert not path.exists() and (work_dir_for(path) / "assembled.h5").exists()
+    monkeypatch.undo()
+    with pytest.raises(OutputExistsError):  # the next run finds it done
+        DatasetWriter(path, NAMES)
+    assert not work_dir_for(path).exists()
+    with open_dataset(path) as ds:
+        np.testing.assert_array_equal(ds.flux(np.arange(6)), flux)
+
+
+def test_resume_extends_a_finished_dataset(tmp_path):
+    path = tmp_path / "d.h5"
+    flux, labels, errors, meta = _rows(10)
+    write_dataset(
+        path, flux[:6], labels[:6], NAMES, {k: v[:6] for k, v in meta.items()}, errors[:6]
+    )
+    w = DatasetWriter(path, NAMES, resume=True)  # a finished dataset reopens for appending
+    assert w.n == 6 and not path.exists()
+    assert ("f5.fits.gz", "COADD_B", "COADD_R") in w.done_keys()
+    w.append(flux[6:], labels[6:], {k: v[6:] for k, v in meta.items()}, errors[6:])
+    w.finish(seed=1)
+    with open_dataset(path) as ds:
+        np.testing.assert_array_equal(ds.flux(np.arange(10)), flux)
+        np.testing.assert_array_equal(ds.meta("filename"), meta["filename"])
+        np.testing.assert_array_equal(ds.meta("split"), assign_splits(meta["star_id"], seed=1))
 
 
 def test_writer_refuses_existing_and_mismatched(tmp_path):
@@ -189,9 +277,14 @@ def test_writer_refuses_existing_and_mismatched(tmp_path):
         DatasetWriter(path, NAMES)
     with pytest.raises(DatasetError, match="other labels"):
         DatasetWriter(path, NAMES[:3], resume=True)
-    assert path.exists()  # a refused resume leaves the dataset where it was
-    w = DatasetWriter(path, NAMES, resume=True)  # a finished dataset reopens for appending
-    assert w.n == 6
-    w.close()
-    with DatasetWriter(tmp_path / "e.h5", NAMES) as w, pytest.raises(DatasetError, match="no spec"):
-        w.finish()
+    assert path.exists() and not work_dir_for(path).exists()  # a refused resume changes nothing
+    w = DatasetWriter(tmp_path / "u.h5", NAMES)
+    w.append(flux, labels, meta, errors)
+    with pytest.raises(OutputExistsError, match="unfinished build"):
+        DatasetWriter(tmp_path / "u.h5", NAMES)
+    with pytest.raises(DatasetError, match="other labels"):
+        DatasetWriter(tmp_path / "u.h5", NAMES[:3], resume=True)
+    w = DatasetWriter(tmp_path / "u.h5", NAMES, overwrite=True)
+    assert w.n == 0
+    with pytest.raises(DatasetError, match="no spectra"):
+        DatasetWriter(tmp_path / "e.h5", NAMES).finish()

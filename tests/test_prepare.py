@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import csv
 import gzip
+import os
 import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import lamost_rrnet
 from lamost_rrnet import prepare as prepare_module
 from lamost_rrnet.crossmatch import crossmatch, read_catalogue, write_reference
-from lamost_rrnet.dataset import open_dataset
+from lamost_rrnet.dataset import open_dataset, work_dir_for
 from lamost_rrnet.prepare import Thresholds, prepare_dataset
 from lamost_rrnet.spectra.io import read_mrs
 from lamost_rrnet.spectra.preprocess import preprocess
@@ -126,7 +132,7 @@ def test_interrupted_run_resumes_without_redoing_rows(sim, tmp_path, monkeypatch
     kwargs = dict(spectra_root=sim / "spectra", workers=1, chunk_rows=3, progress=False)
     with pytest.raises(KeyboardInterrupt):
         prepare_dataset(sim / "ref.fits", out, **kwargs)
-    assert not out.exists() and out.with_name("d.h5.partial").exists()
+    assert not out.exists() and work_dir_for(out).exists()
     first = sum(processed, [])
     assert len(first) == 6
 
@@ -277,3 +283,156 @@ def test_bad_reference_and_existing_output_exit_1(sim, tmp_path, run_cli):
     (tmp_path / "e.h5").write_text("x")
     code, _, stderr = run_cli("prepare", sim / "ref.fits", "-o", tmp_path / "e.h5")
     assert code == 1 and "exists" in stderr
+
+
+def test_a_rejects_line_cut_short_by_a_kill_is_dropped_on_resume(sim, tmp_path, monkeypatch):
+    out = tmp_path / "d.h5"
+    real = prepare_module.process_rows
+    calls = []
+
+    def interrupted(tasks, *args):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(tasks, *args)
+
+    monkeypatch.setattr(prepare_module, "process_rows", interrupted)
+    kwargs = dict(spectra_root=sim / "spectra", workers=1, chunk_rows=3, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(sim / "ref.fits", out, **kwargs)
+    partial = tmp_path / "d_rejects.csv.partial"
+    before = _rejects(partial)
+    assert len(before) == 2  # rows 1 and 2, of the first chunk
+    # A kill in the middle of writing the next reject row: its first fields, no newline.
+    ref = read_catalogue(sim / "ref.fits")
+    with open(partial, "a") as f:
+        f.write(f"{ref['obsid'][4]},{ref['filename'][4]},COAD")
+    monkeypatch.setattr(prepare_module, "process_rows", real)
+    prepare_dataset(sim / "ref.fits", out, resume=True, **kwargs)
+    text = (tmp_path / "d_rejects.csv").read_text()
+    rows = _rejects(tmp_path / "d_rejects.csv")
+    assert len(text.splitlines()) == 1 + 4
+    assert sorted(r["filename"] for r in rows) == sorted(ref["filename"][[1, 2, 4, 5]])
+    for row in rows:
+        assert row["extname_blue"] == "COADD_B" and row["extname_red"] == "COADD_R"
+        assert row["reason"] and None not in row.values()
+
+
+def test_a_reason_with_newlines_stays_on_one_line(sim, tmp_path, monkeypatch):
+    real = prepare_module.process_rows
+
+    def multiline(tasks, *args):
+        result = real(tasks, *args)
+        result.rejects = [(i, f"line one\nline two ({r})", a, b) for i, r, a, b in result.rejects]
+        return result
+
+    monkeypatch.setattr(prepare_module, "process_rows", multiline)
+    prepare_dataset(
+        sim / "ref.fits", tmp_path / "d.h5", spectra_root=sim / "spectra", workers=1, progress=False
+    )
+    lines = (tmp_path / "d_rejects.csv").read_text().splitlines()
+    assert len(lines) == 1 + 4 and all("line one line two" in line for line in lines[1:])
+
+
+# A real `prepare` in a subprocess that SIGKILLs itself at one exact point of the build:
+# after a committed chunk, in the middle of writing a part, in the middle of the assembly, and
+# at each step of moving the assembled dataset into place. Chunks of 3 rows give 5 parts.
+KILLER = """
+import io, os, shutil, signal, sys
+import numpy as np
+from lamost_rrnet import dataset, prepare
+
+prepare.prepare_dataset.__kwdefaults__["chunk_rows"] = 3
+where = os.environ["KILL_AT"]
+calls = []
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def wrap(owner, name, before=None, after=None):
+    real = getattr(owner, name)
+    def wrapper(*args, **kwargs):
+        calls.append(name)
+        if before and before(*args):
+            die()
+        result = real(*args, **kwargs)
+        if after and after():
+            die()
+        return result
+    setattr(owner, name, wrapper)
+
+if where == "after-chunks":
+    wrap(dataset.DatasetWriter, "append", after=lambda: calls.count("append") == 2)
+elif where == "mid-part":
+    real_savez = np.savez
+    def savez(fh, **arrays):
+        if len(calls) == 1:
+            buffer = io.BytesIO()
+            real_savez(buffer, **arrays)
+            fh.write(buffer.getvalue()[: buffer.tell() // 2])
+            fh.flush()
+            die()
+        calls.append("savez")
+        real_savez(fh, **arrays)
+    np.savez = savez
+elif where == "mid-assembly":
+    wrap(dataset, "_create_row_dataset", before=lambda f, name, *a: name == "meta/obsid")
+elif where == "before-move":
+    wrap(dataset, "replace_durably", before=lambda src, dst: str(src).endswith("assembled.h5"))
+elif where == "before-cleanup":
+    wrap(dataset.shutil, "rmtree", before=lambda *a: True)
+
+from lamost_rrnet.cli.app import main
+main(sys.argv[1:])
+"""
+
+
+def _prepare_subprocess(args, kill_at=None):
+    env = dict(os.environ)
+    src = str(Path(lamost_rrnet.__file__).parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    code = "from lamost_rrnet.cli.app import main; main()"
+    if kill_at:
+        env["KILL_AT"] = kill_at
+        code = KILLER
+    cmd = [sys.executable, "-c", code, *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def _same_dataset(a, b):
+    with open_dataset(a) as x, open_dataset(b) as y:
+        assert x.n == y.n and x.meta_columns == y.meta_columns
+        np.testing.assert_array_equal(x.flux(np.arange(x.n)), y.flux(np.arange(y.n)))
+        np.testing.assert_array_equal(x.labels(), y.labels())
+        np.testing.assert_array_equal(x.label_errors(), y.label_errors())
+        for column in x.meta_columns:
+            np.testing.assert_array_equal(x.meta(column), y.meta(column), err_msg=column)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(sim, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fresh") / "d.h5"
+    kwargs = dict(spectra_root=sim / "spectra", workers=1, chunk_rows=3, progress=False)
+    prepare_dataset(sim / "ref.fits", out, **kwargs)
+    return out
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+@pytest.mark.parametrize(
+    "kill_at", ["after-chunks", "mid-part", "mid-assembly", "before-move", "before-cleanup"]
+)
+def test_sigkill_at_any_point_then_resume_gives_the_same_dataset(
+    sim, tmp_path, uninterrupted, kill_at
+):
+    out = tmp_path / "d.h5"
+    args = ["prepare", str(sim / "ref.fits"), "--spectra-root", str(sim / "spectra")]
+    args += ["-o", str(out), "--workers", "1", "--quiet"]
+    killed = _prepare_subprocess(args, kill_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = _prepare_subprocess([*args, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5", "d_rejects.csv"]
+    _same_dataset(out, uninterrupted)
+    rejects = sorted(tuple(r.values()) for r in _rejects(tmp_path / "d_rejects.csv"))
+    fresh = uninterrupted.with_name("d_rejects.csv")
+    assert rejects == sorted(tuple(r.values()) for r in _rejects(fresh))

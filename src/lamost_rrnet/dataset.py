@@ -10,15 +10,18 @@ Layout (docs/architecture.md, "Dataset file"):
 root attributes    ``preprocessing`` (JSON), ``lamost_rrnet_version``, ``created``
 =================  ==============================================================
 
-:func:`write_dataset` writes one in one call; :class:`DatasetWriter` builds one in appends
-and resumes an interrupted build; :func:`open_dataset` reads one with chunked reads, so that
-training never holds more than a batch of flux in memory.
+:func:`write_dataset` writes one in one call; :class:`DatasetWriter` builds one in appends,
+each committed as its own file, and resumes a build killed at any point; :func:`open_dataset`
+reads one with chunked reads, so that training never holds more than a batch of flux in
+memory.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +30,13 @@ import h5py
 import numpy as np
 
 from lamost_rrnet._version import __version__
-from lamost_rrnet.atomic import atomic_path
+from lamost_rrnet.atomic import (
+    atomic_path,
+    atomic_write_bytes,
+    fsync_path,
+    remove_stale_temporaries,
+    replace_durably,
+)
 from lamost_rrnet.errors import DatasetError, OutputExistsError
 from lamost_rrnet.spectra.preprocess import RRNET2022, PreprocessSpec
 
@@ -39,7 +48,9 @@ KEY_COLUMNS = ("filename", "extname_blue", "extname_red")
 CHUNK_ROWS = 8
 _CACHE_BYTES = 64 * 2**20
 _STR = h5py.string_dtype("utf-8")
-_COMMITTED = "rows_committed"
+# The work directory of a build (DatasetWriter): what it holds, by name.
+_BUILD, _BASE, _ASSEMBLED, _FINISHED = "build.json", "base.h5", "assembled.h5", "finished"
+_COPY_ROWS = 1024  # rows of a base dataset copied at once while assembling (30 MB of flux)
 
 
 def assign_splits(
@@ -154,7 +165,7 @@ def write_dataset(
         _write_root_attrs(f, preprocessing)
         f.attrs["split_fractions"] = np.asarray(fractions, np.float64)
         f.attrs["split_seed"] = int(seed)
-        # Resizable like DatasetWriter's, so that a resumed build can append to any dataset.
+        # Resizable like DatasetWriter's output, as the layout has always been.
         n_pix, n_lab = flux.shape[1], labels.shape[1]
         chunks = (CHUNK_ROWS, n_pix)
         f.create_dataset("flux", data=flux, chunks=chunks, maxshape=(None, n_pix))
@@ -168,13 +179,56 @@ def write_dataset(
     return path
 
 
+def work_dir_for(path: str | os.PathLike[str]) -> Path:
+    """The work directory of a build of ``path``: ``.<name>.parts/`` beside it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.parts")
+
+
+def _row_arrays(
+    flux: np.ndarray,
+    labels: np.ndarray,
+    label_errors: np.ndarray,
+    meta: Mapping[str, np.ndarray | Sequence],
+) -> dict[str, np.ndarray]:
+    """The rows of an append by their path in the dataset file (strings as fixed-width str)."""
+    arrays = {"flux": flux, "labels": labels, "label_errors": label_errors}
+    for name, values in meta.items():
+        arr, dtype = _meta_array(name, values)
+        arrays[f"meta/{name}"] = arr.astype(str) if dtype is _STR else arr
+    return arrays
+
+
+def _create_row_dataset(
+    f: h5py.File, name: str, n: int, sample: np.ndarray, n_pixels: int
+) -> h5py.Dataset:
+    """An empty resizable dataset for ``n`` rows shaped like ``sample``'s, chunked as before."""
+    shape, maxshape = (n, *sample.shape[1:]), (None, *sample.shape[1:])
+    if sample.ndim == 1:  # a meta column
+        dtype = _STR if sample.dtype.kind in "USO" else sample.dtype
+        return f.create_dataset(name, shape, dtype, maxshape=maxshape, chunks=(4096,))
+    # Per-pixel arrays (flux) in chunks of rows, for random reads; labels as h5py likes.
+    chunks = (CHUNK_ROWS, n_pixels) if sample.shape[1:] == (n_pixels,) else True
+    return f.create_dataset(name, shape, sample.dtype, maxshape=maxshape, chunks=chunks)
+
+
 class DatasetWriter:
     """Build a dataset in appends, resumably; :meth:`finish` splits by star and moves it in place.
 
-    Rows go to ``<path>.partial`` and are committed after each :meth:`append`: a build killed at
-    any point resumes (``resume=True``) from its last committed row. An existing finished
-    dataset is refused unless ``overwrite`` (start again) or ``resume`` (reopen it, append
-    what is missing, split again) is given.
+    Every :meth:`append` is committed as its own small file, ``part-<n>.npz``, in a work
+    directory beside the output, ``.<name>.parts/`` (written to a temporary, fsynced, renamed),
+    so a build killed at any point, even by SIGKILL in the middle of a write, resumes
+    (``resume=True``) from its last committed append; nothing is ever open for writing across
+    appends. :meth:`finish` assembles the parts, in order, into ``assembled.h5`` in the work
+    directory (again a temporary, fsynced, renamed), marks it ``finished``, moves it to the
+    output path and removes the work directory; a run killed during any of these steps
+    completes them on resume. Temporaries left by a kill are removed on the next start.
+
+    An existing finished dataset is refused unless ``overwrite`` (start again; the old file
+    stays until the new one replaces it) or ``resume`` (extend it: it moves into the work
+    directory as ``base.h5``, and :meth:`finish` assembles it and the new parts, split again).
+    An unfinished build is refused unless ``resume`` (continue it) or ``overwrite``.
+    The caller holds the output's lock (:func:`lamost_rrnet.locking.exclusive`).
     """
 
     def __init__(
@@ -187,35 +241,76 @@ class DatasetWriter:
         overwrite: bool = False,
     ):
         self.path = Path(path)
-        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.work = work_dir_for(self.path)
         self.label_names = list(label_names)
         self.preprocessing = preprocessing
-        if self.path.exists() and not (resume or overwrite):
-            raise OutputExistsError(f"{self.path}: exists; use --resume or --overwrite")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume and not self.partial.exists() and self.path.exists():
-            self._check_resumable(self.path)
-            os.replace(self.path, self.partial)
-        if resume and self.partial.exists():
-            self._check_resumable(self.partial)
-            self._file = self._reopen()
+        self._complete_interrupted_finish()
+        remove_stale_temporaries(self.path)
+        if self.work.exists() and not (self.work / _BUILD).exists():
+            shutil.rmtree(self.work)  # killed before it recorded the build: nothing committed
+        if overwrite:
+            shutil.rmtree(self.work, ignore_errors=True)
+        elif not resume:
+            if self.path.exists():
+                raise OutputExistsError(f"{self.path}: exists; use --resume or --overwrite")
+            if self.work.exists():
+                raise OutputExistsError(
+                    f"{self.work}: an unfinished build of {self.path}; use --resume to "
+                    "finish it or --overwrite to start again"
+                )
+        if self.work.exists():
+            for tmp in self.work.glob(".*.part"):  # temporaries of a killed write
+                tmp.unlink()
+            build = self._read_build()
+            if build.get("extends") and self.path.exists() and not (self.work / _BASE).exists():
+                os.replace(self.path, self.work / _BASE)  # killed before it moved the base
         else:
-            self._file = self._create()
+            extends = resume and self.path.exists()
+            if extends:
+                self._check_resumable(self.path)
+            self.work.mkdir(parents=True)
+            build = {
+                "label_names": self.label_names,
+                "preprocessing": self.preprocessing.to_dict(),
+                "extends": extends,
+            }
+            atomic_write_bytes(self.work / _BUILD, json.dumps(build).encode())
+            if extends:
+                os.replace(self.path, self.work / _BASE)
+                fsync_path(self.work)
+        self._parts = sorted(self.work.glob("part-*.npz"))
+        self._part_rows = [self._part_n(p) for p in self._parts]
+        base = self.work / _BASE
+        self._base_n = 0
+        self._meta_columns: set[str] | None = None
+        if base.exists():
+            self._check_resumable(base)
+            with h5py.File(base, "r") as f:
+                self._base_n = int(f["flux"].shape[0])
 
-    def _create(self) -> h5py.File:
-        f = h5py.File(self.partial, "w")
-        _write_root_attrs(f, self.preprocessing)
-        f.attrs[_COMMITTED] = 0
-        n_pix = self.preprocessing.n_pixels
-        n_lab = len(self.label_names)
-        f.create_dataset(
-            "flux", (0, n_pix), np.float32, maxshape=(None, n_pix), chunks=(CHUNK_ROWS, n_pix)
-        )
-        ds = f.create_dataset("labels", (0, n_lab), np.float32, maxshape=(None, n_lab))
-        ds.attrs["names"] = self.label_names
-        f.create_dataset("label_errors", (0, n_lab), np.float32, maxshape=(None, n_lab))
-        f.create_group("meta")
-        return f
+    def _complete_interrupted_finish(self) -> None:
+        """Finish the last steps of a :meth:`finish` that a kill interrupted."""
+        if not (self.work / _FINISHED).exists():
+            return
+        if (self.work / _ASSEMBLED).exists():
+            replace_durably(self.work / _ASSEMBLED, self.path)
+        shutil.rmtree(self.work)
+
+    def _read_build(self) -> dict:
+        """The recorded settings of the unfinished build, checked against this writer's."""
+        path = self.work / _BUILD
+        try:
+            build = json.loads(path.read_text())
+            names = build["label_names"]
+            spec = PreprocessSpec.from_dict(build["preprocessing"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DatasetError(f"{path}: unreadable ({exc}); start again with --overwrite") from exc
+        if names != self.label_names or spec != self.preprocessing:
+            raise DatasetError(
+                f"{self.work}: an unfinished build with other labels or preprocessing; "
+                "start again with --overwrite"
+            )
+        return build
 
     def _check_resumable(self, path: Path) -> None:
         """Refuse (leaving the file as it is) to resume a build of other labels or spec."""
@@ -235,28 +330,37 @@ class DatasetWriter:
                 "start again with --overwrite"
             )
 
-    def _reopen(self) -> h5py.File:
-        f = h5py.File(self.partial, "a")
-        # Rows past the last commit may be half written: drop them.
-        n = int(f.attrs.get(_COMMITTED, f["flux"].shape[0]))
-        f.attrs[_COMMITTED] = n
-        if "split" in f["meta"]:
-            del f["meta"]["split"]  # re-assigned by finish() over all rows
-        for ds in (f["flux"], f["labels"], f["label_errors"], *f["meta"].values()):
-            ds.resize(n, axis=0)
-        return f
+    @staticmethod
+    def _part_n(part: Path) -> int:
+        return int(_load_part(part, ["flux"])["flux"].shape[0])
 
     @property
     def n(self) -> int:
-        return int(self._file.attrs[_COMMITTED])
+        """Rows committed so far."""
+        return self._base_n + sum(self._part_rows)
 
     def done_keys(self) -> set[tuple[str, str, str]]:
         """(filename, extname_blue, extname_red) of every committed row."""
-        meta = self._file["meta"]
-        if self.n == 0 or not all(k in meta for k in KEY_COLUMNS):
-            return set()
-        cols = [meta[k].asstr()[: self.n] for k in KEY_COLUMNS]
-        return set(zip(*cols, strict=True))
+        keys: set[tuple[str, str, str]] = set()
+        if self._base_n:
+            with h5py.File(self.work / _BASE, "r") as f:
+                cols = [f["meta"][k].asstr()[:] for k in KEY_COLUMNS]
+            keys.update(zip(*cols, strict=True))
+        for part in self._parts:
+            arrays = _load_part(part, [f"meta/{k}" for k in KEY_COLUMNS])
+            cols = [arrays[f"meta/{k}"].tolist() for k in KEY_COLUMNS]
+            keys.update(zip(*cols, strict=True))
+        return keys
+
+    def _columns(self) -> set[str] | None:
+        """The meta columns of the rows committed so far (None before the first)."""
+        if self._parts:
+            with np.load(self._parts[0], allow_pickle=False) as z:
+                return {k.removeprefix("meta/") for k in z.files if k.startswith("meta/")}
+        if self._base_n:
+            with h5py.File(self.work / _BASE, "r") as f:
+                return set(f["meta"]) - {"split"}
+        return None
 
     def append(
         self,
@@ -268,8 +372,7 @@ class DatasetWriter:
         """Append rows and commit them. The meta columns must be the same in every append."""
         flux = np.asarray(flux, np.float32)
         labels = np.asarray(labels, np.float32)
-        k = flux.shape[0]
-        if k == 0:
+        if flux.shape[0] == 0:
             return
         label_errors = (
             np.full_like(labels, np.nan)
@@ -277,54 +380,83 @@ class DatasetWriter:
             else np.asarray(label_errors, np.float32)
         )
         _check_shapes(flux, labels, self.label_names, meta, label_errors, self.preprocessing)
-        f = self._file
-        group = f["meta"]
-        if self.n > 0 and set(meta) != set(group):
+        if self._meta_columns is None:
+            self._meta_columns = self._columns()
+        columns = self._meta_columns
+        if columns is not None and set(meta) != columns:
             raise ValueError(
-                f"meta columns {sorted(meta)} differ from the dataset's {sorted(group)}"
+                f"meta columns {sorted(meta)} differ from the dataset's {sorted(columns)}"
             )
-        start = self.n
-        stop = start + k
-        for name, data in (("flux", flux), ("labels", labels), ("label_errors", label_errors)):
-            f[name].resize(stop, axis=0)
-            f[name][start:stop] = data
-        for name, values in meta.items():
-            arr, dtype = _meta_array(name, values)
-            if name not in group:
-                group.create_dataset(name, (0,), dtype=dtype, maxshape=(None,), chunks=(4096,))
-            group[name].resize(stop, axis=0)
-            group[name][start:stop] = arr
-        f.attrs[_COMMITTED] = stop
-        f.flush()
+        part = self.work / f"part-{len(self._parts):09d}.npz"
+        with atomic_path(part) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **_row_arrays(flux, labels, label_errors, meta))
+        self._parts.append(part)
+        self._part_rows.append(flux.shape[0])
+        self._meta_columns = set(meta)
 
     def finish(self, fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0) -> Path:
-        """Split by star, close, and move the dataset to its final path."""
-        f = self._file
+        """Assemble the committed rows, split by star, into the dataset at its final path."""
         if self.n == 0:
-            self.close()
+            shutil.rmtree(self.work, ignore_errors=True)  # nothing to resume from
             raise DatasetError(f"{self.path}: no spectra were accepted, so there is no dataset")
-        star_ids = f["meta"]["star_id"].asstr()[:]
-        f["meta"].create_dataset(
-            "split", data=assign_splits(star_ids, fractions, seed).astype(object), dtype=_STR
-        )
-        f.attrs["split_fractions"] = np.asarray(fractions, np.float64)
-        f.attrs["split_seed"] = int(seed)
-        f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        del f.attrs[_COMMITTED]
-        self.close()
-        os.replace(self.partial, self.path)
+        with atomic_path(self.work / _ASSEMBLED) as tmp, h5py.File(tmp, "w") as f:
+            _write_root_attrs(f, self.preprocessing)
+            f.attrs["split_fractions"] = np.asarray(fractions, np.float64)
+            f.attrs["split_seed"] = int(seed)
+            self._assemble(f)
+            star_ids = f["meta"]["star_id"].asstr()[:]
+            split = assign_splits(star_ids, fractions, seed).astype(object)
+            f["meta"].create_dataset("split", data=split, dtype=_STR, maxshape=(None,))
+        atomic_write_bytes(self.work / _FINISHED, b"")
+        self._complete_interrupted_finish()
         return self.path
 
-    def close(self) -> None:
-        """Close the partial file (it stays, for a later resume)."""
-        if self._file.id.valid:
-            self._file.close()
+    def _assemble(self, f: h5py.File) -> None:
+        """Copy the base dataset's rows, then every part's, in order, into ``f``."""
+        f.create_group("meta")
+        created: dict[str, h5py.Dataset] = {}
 
-    def __enter__(self) -> DatasetWriter:
-        return self
+        def put(arrays: Mapping[str, np.ndarray], start: int) -> None:
+            for name, arr in arrays.items():
+                if name not in created:
+                    created[name] = _create_row_dataset(
+                        f, name, self.n, arr, self.preprocessing.n_pixels
+                    )
+                created[name][start : start + arr.shape[0]] = (
+                    arr.astype(object) if arr.dtype.kind == "U" else arr
+                )
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        start = 0
+        if self._base_n:
+            with h5py.File(self.work / _BASE, "r") as base:
+                names = ["flux", "labels", "label_errors"] + [
+                    f"meta/{k}" for k in base["meta"] if k != "split"
+                ]
+                for lo in range(0, self._base_n, _COPY_ROWS):
+                    hi = min(lo + _COPY_ROWS, self._base_n)
+                    put({k: _read_rows(base[k], lo, hi) for k in names}, lo)
+            start = self._base_n
+        for part, rows in zip(self._parts, self._part_rows, strict=True):
+            put(_load_part(part), start)
+            start += rows
+        created["labels"].attrs["names"] = self.label_names
+
+
+def _read_rows(ds: h5py.Dataset, lo: int, hi: int) -> np.ndarray:
+    if h5py.check_string_dtype(ds.dtype):
+        return np.asarray(ds.asstr()[lo:hi], dtype=str)
+    return ds[lo:hi]
+
+
+def _load_part(part: Path, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Some (or all) arrays of a committed part; :class:`DatasetError` if it is unreadable."""
+    try:
+        with np.load(part, allow_pickle=False) as z:
+            return {k: z[k] for k in (z.files if names is None else names)}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise DatasetError(
+            f"{part}: an unreadable part of an unfinished build ({exc}); remove it and --resume"
+        ) from exc
 
 
 class Dataset:
@@ -344,9 +476,6 @@ class Dataset:
             f.close()
             what = ", ".join(missing) or "the preprocessing or label-name attributes"
             raise DatasetError(f"{self.path}: not a lamost-rrnet dataset (missing {what})")
-        if _COMMITTED in f.attrs:
-            f.close()
-            raise DatasetError(f"{self.path}: an unfinished build; finish it with --resume")
         self._flux = f["flux"]
         self.label_names: list[str] = [str(n) for n in f["labels"].attrs["names"]]
         self.preprocessing = PreprocessSpec.from_dict(json.loads(f.attrs["preprocessing"]))

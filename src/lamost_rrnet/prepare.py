@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lamost_rrnet.atomic import replace_durably
 from lamost_rrnet.crossmatch import read_catalogue, reference_label_names
 from lamost_rrnet.dataset import DatasetWriter
 from lamost_rrnet.errors import CatalogueError, OutputExistsError, SpectrumError
@@ -245,18 +246,44 @@ def _open_rejects(path: Path, resume: bool) -> tuple[set[tuple[str, str, str]], 
     partial = path.with_name(path.name + ".partial")
     if resume and not partial.exists() and path.exists():
         os.replace(path, partial)
-    if not resume or not partial.exists():
+    if resume and partial.exists():
+        _drop_partial_line(partial)
+    if not resume or not partial.exists() or partial.stat().st_size == 0:
         with open(partial, "w", newline="") as f:
             csv.writer(f, lineterminator="\n").writerow(REJECT_COLUMNS)
         return set(), Counter()
     keys, reasons = set(), Counter()
     with open(partial, newline="") as f:
         for row in csv.DictReader(f):
-            if row.get("max_outlier_run") is None:  # a line cut short by the interruption
-                continue
             keys.add((row["filename"], row["extname_blue"], row["extname_red"]))
             reasons[_reason_kind(row["reason"])] += 1
     return keys, reasons
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cut a file after its last newline: a kill mid-write leaves the last line incomplete.
+
+    Every reject row is one line (reasons carry no newline), so what remains is whole rows.
+    """
+    with open(path, "rb+") as f:
+        end = f.seek(0, os.SEEK_END)
+        pos = end
+        while pos > 0:
+            step = min(pos, 1 << 16)
+            f.seek(pos - step)
+            block = f.read(step)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                pos = pos - step + newline + 1
+                break
+            pos -= step
+        if pos != end:
+            f.truncate(pos)
+
+
+def _one_line(reason: str) -> str:
+    """A reason as one line, so that each reject row is exactly one line of the file."""
+    return " ".join(reason.splitlines())
 
 
 def _reason_kind(reason: str) -> str:
@@ -322,50 +349,49 @@ def prepare_dataset(
         }
 
         writer = DatasetWriter(output, label_names, spec, resume=resume, overwrite=overwrite)
-        try:
-            done = writer.done_keys()
-            n_resumed = writer.n
-            reject_keys, reasons = _open_rejects(rejects_path, resume)
-            done |= reject_keys
-            seen: set[tuple[str, str, str]] = set()
-            todo = []
-            for i, key in enumerate(zip(filename, blue, red, strict=True)):
-                if key in done or key in seen:  # finished earlier, or a duplicate row
-                    continue
-                seen.add(key)
-                todo.append(RowTask(i, str(root / key[0]), key[1], key[2], float(rv[i])))
-            n_rejected = len(reject_keys)
-            chunks = (todo[i : i + chunk_rows] for i in range(0, len(todo), chunk_rows))
-            partial = rejects_path.with_name(rejects_path.name + ".partial")
-            with make_progress(progress) as bar, open(partial, "a", newline="") as rejects_file:
-                task = bar.add_task("prepare", total=len(todo))
-                out = csv.writer(rejects_file, lineterminator="\n")
-                for n, result in _run_chunks(chunks, spec, thresholds, workers):
-                    idx = result.indices
-                    if idx.size:
-                        meta = {k: v[idx] for k, v in meta_source.items()}
-                        meta.update(
-                            rv=result.rv,
-                            rv_source=np.asarray(result.rv_source, dtype=str),
-                            n_outliers=result.n_outliers,
-                            max_outlier_run=result.max_run,
-                        )
-                        writer.append(result.flux, labels[idx], meta, errors[idx])
-                    for i, reason, n_bad, run in result.rejects:
-                        m = meta_source
-                        out.writerow(
-                            [m["obsid"][i], filename[i], blue[i], red[i], m["star_id"][i], reason]
-                            + ["" if n_bad is None else n_bad, "" if run is None else run]
-                        )
-                        reasons[_reason_kind(reason)] += 1
-                    n_rejected += len(result.rejects)
-                    rejects_file.flush()
-                    bar.advance(task, n)
-            os.replace(partial, rejects_path)
-            n_accepted = writer.n
-            writer.finish(fractions, seed)
-        finally:
-            writer.close()
+        done = writer.done_keys()
+        n_resumed = writer.n
+        reject_keys, reasons = _open_rejects(rejects_path, resume)
+        done |= reject_keys
+        seen: set[tuple[str, str, str]] = set()
+        todo = []
+        for i, key in enumerate(zip(filename, blue, red, strict=True)):
+            if key in done or key in seen:  # finished earlier, or a duplicate row
+                continue
+            seen.add(key)
+            todo.append(RowTask(i, str(root / key[0]), key[1], key[2], float(rv[i])))
+        n_rejected = len(reject_keys)
+        chunks = (todo[i : i + chunk_rows] for i in range(0, len(todo), chunk_rows))
+        partial = rejects_path.with_name(rejects_path.name + ".partial")
+        with make_progress(progress) as bar, open(partial, "a", newline="") as rejects_file:
+            task = bar.add_task("prepare", total=len(todo))
+            out = csv.writer(rejects_file, lineterminator="\n")
+            for n, result in _run_chunks(chunks, spec, thresholds, workers):
+                idx = result.indices
+                if idx.size:
+                    meta = {k: v[idx] for k, v in meta_source.items()}
+                    meta.update(
+                        rv=result.rv,
+                        rv_source=np.asarray(result.rv_source, dtype=str),
+                        n_outliers=result.n_outliers,
+                        max_outlier_run=result.max_run,
+                    )
+                    writer.append(result.flux, labels[idx], meta, errors[idx])
+                for i, reason, n_bad, run in result.rejects:
+                    m = meta_source
+                    row = [m["obsid"][i], filename[i], blue[i], red[i], m["star_id"][i]]
+                    out.writerow(
+                        [*row, _one_line(reason)]
+                        + ["" if n_bad is None else n_bad, "" if run is None else run]
+                    )
+                    reasons[_reason_kind(reason)] += 1
+                n_rejected += len(result.rejects)
+                rejects_file.flush()
+                os.fsync(rejects_file.fileno())
+                bar.advance(task, n)
+        replace_durably(partial, rejects_path)
+        n_accepted = writer.n
+        writer.finish(fractions, seed)
         return PrepareResult(
             output, rejects_path, len(table), n_accepted, n_rejected, n_resumed, reasons
         )
