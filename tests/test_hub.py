@@ -8,6 +8,7 @@ import os
 import pickle
 import socket
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,6 +32,7 @@ class Server:
         self.root = root
         self.drops = 0  # responses still to cut off halfway
         self.ranges = True
+        self.pause = 0.0  # seconds between blocks of 64 kB, to keep a download going a while
         self.requests: list[tuple[str, str | None]] = []
         server = self
 
@@ -62,7 +64,9 @@ class Server:
                     self.wfile.flush()
                     self.close_connection = True
                     return
-                self.wfile.write(body)
+                for start in range(0, len(body), 1 << 16):
+                    self.wfile.write(body[start : start + (1 << 16)])
+                    time.sleep(server.pause)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -186,6 +190,33 @@ def test_a_server_that_keeps_dropping_fails_cleanly(server, isolated):
         fetch("d", progress=False, retries=2)
     assert len(server.requests) == 3
     assert not (isolated / "cache" / "models" / "d" / "d.bin").exists()
+
+
+def test_processes_starting_at_once_download_each_file_once(server, isolated):
+    import multiprocessing
+
+    from concurrent_fetch import fetch_when_all_ready
+
+    data = os.urandom(640_000)
+    url = served(server, "m.bin", data)
+    register(isolated, "m", [{"path": "m.bin", "url": url, "hash": f"gitsha1:{gitsha1(data)}"}])
+    server.pause = 0.05  # half a second of download, for the others to arrive meanwhile
+    context = multiprocessing.get_context("spawn")
+    n = 4
+    barrier, results = context.Barrier(n), context.Queue()
+    procs = [
+        context.Process(target=fetch_when_all_ready, args=("m", barrier, results)) for _ in range(n)
+    ]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    root = isolated / "cache" / "models" / "m"
+    assert got == [(str(root), ["ok"])] * n
+    assert len(server.requests) == 1  # one download; the others waited and verified it
+    assert (root / "m.bin").read_bytes() == data
+    assert sorted(p.name for p in root.iterdir()) == ["m.bin"]
 
 
 def test_offline_message_names_urls_and_places(isolated):

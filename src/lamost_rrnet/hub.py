@@ -9,7 +9,9 @@
 - **Download.** pooch fetches each missing file with ``known_hash=None``: pooch's ``sha1:``
   hashes the plain content, while the registry holds git blob SHA-1s, so we verify ourselves,
   and delete the file and raise on a mismatch. Interrupted transfers are retried and resumed
-  with HTTP ranges where the server allows them.
+  with HTTP ranges where the server allows them. Each file is downloaded under a lock beside
+  it (``.<file>.lock``): processes that start at once on an empty cache wait for the one
+  downloading, then verify its file instead of fetching (and writing) it again.
 - **Published pickles.** Weights go through ``torch.load(weights_only=True)``; the
   normalization pickle through an unpickler that allows exactly three NumPy globals.
 """
@@ -34,6 +36,7 @@ import numpy as np
 
 from lamost_rrnet.errors import ModelError
 from lamost_rrnet.labels import PAPER_GROUPS
+from lamost_rrnet.locking import exclusive
 
 if TYPE_CHECKING:
     import torch
@@ -346,11 +349,8 @@ def fetch(
     todo = []
     for f in entry.files:
         target = root / f.path
-        if target.is_file():
-            if file_hash(target, f.hash.partition(":")[0]) == f.hash:
-                continue
-            target.unlink()
-        todo.append(f)
+        if not (target.is_file() and file_hash(target, f.hash.partition(":")[0]) == f.hash):
+            todo.append(f)
     if not todo:
         return root
     columns = (
@@ -367,29 +367,46 @@ def fetch(
         for f in todo:
             target = root / f.path
             target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(target.name + ".partial")
-            bar = _Bar(bars, f"{name}: {'/'.join(Path(f.path).parts[-2:])}")
-            downloader = _ResumableDownloader(partial, bar, timeout, retries)
-            try:
-                pooch.retrieve(
-                    f.url,
-                    known_hash=None,
-                    fname=target.name,
-                    path=target.parent,
-                    downloader=downloader,
-                )
-            except _DownloadFailed as exc:
-                raise ModelError(_offline_message(entry, root, str(exc))) from exc
-            finally:
-                bar.close()
-            actual = file_hash(target, f.hash.partition(":")[0])
-            if actual != f.hash:
-                target.unlink()
-                raise ModelError(
-                    f"{target}: downloaded from {f.url}, but its hash is {actual}, not "
-                    f"{f.hash}; the file was removed"
-                )
+            # Many tasks of a job array may start at once on an empty cache: one downloads
+            # each file, the others wait for it and then only verify what it finished.
+            with exclusive(target, wait=True):
+                if target.is_file():
+                    if file_hash(target, f.hash.partition(":")[0]) == f.hash:
+                        continue
+                    target.unlink()
+                _download(entry, root, f, bars, pooch, timeout, retries)
     return root
+
+
+def _download(
+    entry: RegistryEntry,
+    root: Path,
+    f: RegistryFile,
+    bars: Any,
+    pooch: Any,
+    timeout: float,
+    retries: int,
+) -> None:
+    """Download one file of a model into the cache and verify it (the caller holds its lock)."""
+    target = root / f.path
+    partial = target.with_name(target.name + ".partial")
+    bar = _Bar(bars, f"{entry.name}: {'/'.join(Path(f.path).parts[-2:])}")
+    downloader = _ResumableDownloader(partial, bar, timeout, retries)
+    try:
+        pooch.retrieve(
+            f.url, known_hash=None, fname=target.name, path=target.parent, downloader=downloader
+        )
+    except _DownloadFailed as exc:
+        raise ModelError(_offline_message(entry, root, str(exc))) from exc
+    finally:
+        bar.close()
+    actual = file_hash(target, f.hash.partition(":")[0])
+    if actual != f.hash:
+        target.unlink()
+        raise ModelError(
+            f"{target}: downloaded from {f.url}, but its hash is {actual}, not "
+            f"{f.hash}; the file was removed"
+        )
 
 
 # -- the published files -------------------------------------------------------------------

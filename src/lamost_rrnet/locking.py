@@ -1,5 +1,7 @@
 """An exclusive lock on an output, so that two runs never write (or resume) it at once.
 
+Runs on one output refuse to wait for each other; downloads into one cache file wait.
+
 The lock is an advisory ``flock`` on a hidden file beside the output, holding the owner's PID.
 The kernel drops it when its process ends, even by SIGKILL, so a killed run never leaves a
 stale lock behind. Where ``fcntl`` is missing (Windows) runs are not guarded.
@@ -27,8 +29,9 @@ def lock_path(output: str | os.PathLike[str]) -> Path:
 
 
 @contextlib.contextmanager
-def exclusive(output: str | os.PathLike[str]) -> Iterator[None]:
-    """Hold the lock of ``output`` for the block; :class:`OutputBusyError` if another has it."""
+def exclusive(output: str | os.PathLike[str], *, wait: bool = False) -> Iterator[None]:
+    """Hold the lock of ``output`` for the block; :class:`OutputBusyError` if another has it,
+    or, with ``wait``, block until the other lets go."""
     if fcntl is None:
         yield
         return
@@ -37,7 +40,7 @@ def exclusive(output: str | os.PathLike[str]) -> Iterator[None]:
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
