@@ -383,3 +383,88 @@ def test_cli_models(run_cli, shared_dir, server, isolated):
 
     code, _, err = run_cli("models", "download", "nonesuch")
     assert code == 2 and "known models are" in err
+
+
+# -- names and paths: nothing leaves its directory, and a registered name means the registry --
+
+
+@pytest.mark.parametrize("name", ["../../x", "/abs", "a/b", "..", ".hidden", ""])
+def test_registry_entry_names_that_are_not_plain_are_refused(isolated, run_cli, name):
+    register(isolated, name, [{"path": "f", "url": "http://127.0.0.1:9/f", "hash": "sha256:0"}])
+    with pytest.raises(ModelError, match=r"registry.json: not a valid model registry \(entry name"):
+        hub.registry()
+    code, out, err = run_cli("models", "list")
+    assert code == 1 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "is not a plain name" in err
+
+
+@pytest.mark.parametrize("path", ["../f", "/etc/f", "a/../../f", "C:\\f", "..\\f"])
+def test_registry_file_paths_outside_the_model_directory_are_refused(isolated, path):
+    register(isolated, "m", [{"path": path, "url": "http://127.0.0.1:9/f", "hash": "sha256:0"}])
+    with pytest.raises(ModelError, match="leaves the model directory"):
+        hub.registry()
+
+
+@pytest.mark.parametrize("outside", ["../A0.safetensors", "/tmp/A0.safetensors"])
+@pytest.mark.parametrize("field", ["members", "normalization"])
+def test_model_yaml_file_names_outside_the_directory_are_refused(tmp_path, outside, field):
+    import yaml
+
+    from test_ensemble import small_ensemble
+
+    small_ensemble().save(tmp_path / "m")
+    manifest_path = tmp_path / "m" / "model.yaml"
+    manifest = yaml.safe_load(manifest_path.read_text())
+    if field == "members":
+        manifest["groups"][0]["members"][0] = outside
+    else:
+        manifest["normalization"] = outside
+    manifest["sha256"][outside] = "0" * 64
+    manifest_path.write_text(yaml.safe_dump(manifest))
+    with pytest.raises(ModelError, match=r"model.yaml: file name .* is outside the model dir"):
+        Ensemble.from_directory(tmp_path / "m")
+
+
+def test_a_registered_name_wins_over_a_folder_of_that_name(server, isolated, monkeypatch):
+    from test_ensemble import small_ensemble, spectra
+
+    published = small_ensemble(seed=0)
+    published.save(server.root / "tiny")
+    files = [
+        {"path": p.name, "url": f"{server.url}/tiny/{p.name}", "hash": f"sha256:{sha256_file(p)}"}
+        for p in sorted((server.root / "tiny").iterdir())
+    ]
+    register(isolated, "tiny", files, layout="lamost-rrnet")
+    work = isolated / "work"
+    small_ensemble(seed=1).save(work / "tiny")  # a look-alike folder in the working directory
+    small_ensemble(seed=2).save(work / "mine")
+    monkeypatch.chdir(work)
+    flux = spectra(2)
+
+    def predicts_like(model, reference):
+        return all(
+            np.array_equal(a, b)
+            for a, b in zip(model.predict(flux), reference.predict(flux), strict=True)
+        )
+
+    assert predicts_like(load_model("tiny", device="cpu", progress=False), published)
+    folder = Ensemble.from_directory(work / "tiny")
+    assert predicts_like(load_model("./tiny", device="cpu"), folder)
+    assert predicts_like(load_model(str(work / "tiny"), device="cpu"), folder)
+    assert not predicts_like(folder, published)
+    # a bare name that is not registered but is a directory here is that directory
+    assert predicts_like(load_model("mine", device="cpu"), Ensemble.from_directory("mine"))
+
+
+def test_an_unknown_bare_name_lists_the_registered_ones(isolated, run_cli, monkeypatch):
+    register(isolated, "tiny", [{"path": "f", "url": "http://127.0.0.1:9/f", "hash": "sha256:0"}])
+    monkeypatch.chdir(isolated)
+    with pytest.raises(ModelError, match=r"unknown model 'nonesuch': .*\(rrnet2022, tiny\)"):
+        load_model("nonesuch")
+    with pytest.raises(ModelError, match="nonesuch/: no such model directory"):
+        load_model("nonesuch/")
+    (isolated / "spectrum.fits").write_bytes(b"")
+    code, out, err = run_cli("predict", "spectrum.fits", "--model", "nonesuch", "--quiet")
+    assert code == 1 and out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert "unknown model 'nonesuch'" in err and "rrnet2022, tiny" in err

@@ -32,6 +32,7 @@ from torch import nn
 
 from lamost_rrnet.atomic import atomic_path, atomic_write_bytes
 from lamost_rrnet.errors import ModelError
+from lamost_rrnet.paths import stays_inside
 from lamost_rrnet.spectra.preprocess import RRNET2022, PreprocessSpec
 
 MODEL_FILE = "model.yaml"
@@ -422,4 +423,11 @@ def _read_manifest(path: Path) -> dict:
     if not isinstance(arch, dict) or "name" not in arch:
         raise ModelError(f"{path}: architecture needs a name")
     arch.setdefault("kwargs", {})
+    if not isinstance(manifest["sha256"], dict) or not isinstance(manifest["groups"], list):
+        raise ModelError(f"{path}: sha256 must map file names to hashes, groups be a list")
+    files = [*manifest["sha256"], manifest["normalization"]]
+    files += [m for g in manifest["groups"] if isinstance(g, dict) for m in g.get("members", [])]
+    outside = [f for f in files if not stays_inside(f)]
+    if outside:
+        raise ModelError(f"{path}: file name {outside[0]!r} is outside the model directory")
     return manifest

@@ -37,6 +37,7 @@ import numpy as np
 from lamost_rrnet.errors import ModelError
 from lamost_rrnet.labels import PAPER_GROUPS
 from lamost_rrnet.locking import exclusive
+from lamost_rrnet.paths import stays_inside
 
 if TYPE_CHECKING:
     import torch
@@ -56,6 +57,8 @@ PUBLISHED_RANGES = {"Teff[K]": (4000.0, 6500.0), "Logg": (0.0, 5.0), "FeH": (-1.
 PUBLISHED_RANGE_STDS = 4.0
 LABEL_CONFIG = Path("data", "refer_set", "label_config.pkl")
 MEMBER_FILE = "weight_best.pkl"
+# A registry name is also a cache directory's name: no separators, no "." or "..".
+_ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 # -- registry ------------------------------------------------------------------------------
@@ -87,10 +90,15 @@ def _parse_registry(data: Any, source: str) -> dict[str, RegistryEntry]:
     try:
         for name, item in data.items():
             files = tuple(RegistryFile(f["path"], f["url"], f["hash"]) for f in item["files"])
+            if not _ENTRY_NAME.fullmatch(str(name)):
+                raise ValueError(
+                    f"entry name {name!r} is not a plain name (letters, digits, '.', '_', '-', "
+                    "starting with a letter or digit)"
+                )
             for f in files:
                 if f.hash.partition(":")[0] not in ("gitsha1", "sha256"):
                     raise ValueError(f"unknown hash kind in {f.hash!r}")
-                if Path(f.path).is_absolute() or ".." in Path(f.path).parts:
+                if not stays_inside(f.path):
                     raise ValueError(f"file path {f.path!r} leaves the model directory")
             if item["layout"] not in ("published", "lamost-rrnet"):
                 raise ValueError(f"unknown layout {item['layout']!r}")
@@ -605,16 +613,40 @@ def load_registered(
     )
 
 
+def looks_like_path(spec: str) -> bool:
+    """``./rrnet2022``, ``/x/y``, ``runs/m``, ``.``, ``~/m``: a path, never a registry name."""
+    return (
+        os.sep in spec
+        or "/" in spec
+        or (os.altsep is not None and os.altsep in spec)
+        or spec in (os.curdir, os.pardir)
+        or spec.startswith("~")
+    )
+
+
 def load_model(
     spec: str | os.PathLike[str] = DEFAULT_MODEL,
     device: str | torch.device = "auto",
     progress: bool = True,
 ) -> Ensemble:
-    """What ``--model`` accepts: a directory (ours, with ``model.yaml``, or one in the
-    published repository's layout), else a registry name such as ``rrnet2022``."""
+    """What ``--model`` accepts: a registry name such as ``rrnet2022``, else a directory (ours,
+    with ``model.yaml``, or one in the published repository's layout).
+
+    A registered name always means the verified registry model, even when a folder of that
+    name is in the working directory: give a path (``./rrnet2022``) for the folder.
+    """
     from lamost_rrnet.ensemble import MODEL_FILE, Ensemble
 
-    path = Path(spec)
+    text = os.fspath(spec)
+    names = registry()
+    if text in names:  # a registry name cannot look like a path
+        return load_registered(text, device=device, progress=progress)
+    path = Path(text).expanduser()
+    if not looks_like_path(text) and not path.is_dir():
+        raise ModelError(
+            f"unknown model {text!r}: not a registered name ({', '.join(names)}) nor a "
+            "directory; give a directory as a path, e.g. ./my_model"
+        )
     if path.is_dir():
         if (path / MODEL_FILE).is_file():
             return Ensemble.from_directory(path, device=device)
@@ -626,11 +658,4 @@ def load_model(
         )
     if path.exists():
         raise ModelError(f"{path}: a model is a directory or a registered name, not a file")
-    names = registry()
-    if str(spec) in names:
-        return load_registered(str(spec), device=device, progress=progress)
-    if re.search(r"[/\\]", str(spec)):
-        raise ModelError(f"{spec}: no such model directory")
-    raise ModelError(
-        f"unknown model {str(spec)!r}: not a directory, and not one of {', '.join(names)}"
-    )
+    raise ModelError(f"{text}: no such model directory")
