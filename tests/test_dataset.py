@@ -288,3 +288,21 @@ def test_writer_refuses_existing_and_mismatched(tmp_path):
     assert w.n == 0
     with pytest.raises(DatasetError, match="no spectra"):
         DatasetWriter(tmp_path / "e.h5", NAMES).finish()
+
+
+def test_a_part_removed_by_hand_is_redone_not_overwritten(tmp_path):
+    path = tmp_path / "d.h5"
+    flux, labels, errors, meta = _rows(6)
+    w = DatasetWriter(path, NAMES)
+    for lo in (0, 3):
+        w.append(
+            flux[lo : lo + 3], labels[lo : lo + 3], {k: v[lo : lo + 3] for k, v in meta.items()}
+        )
+    (work_dir_for(path) / "part-000000000.npz").unlink()  # as an unreadable part's error says
+    w = DatasetWriter(path, NAMES, resume=True)
+    assert w.n == 3 and {k[0] for k in w.done_keys()} == {"f3.fits.gz", "f4.fits.gz", "f5.fits.gz"}
+    w.append(flux[:3], labels[:3], {k: v[:3] for k, v in meta.items()})
+    w.finish()
+    with open_dataset(path) as ds:
+        assert list(ds.meta("filename")) == [f"f{i}.fits.gz" for i in (3, 4, 5, 0, 1, 2)]
+        np.testing.assert_array_equal(ds.flux(np.arange(6)), flux[[3, 4, 5, 0, 1, 2]])

@@ -332,7 +332,7 @@ class DatasetWriter:
 
     @staticmethod
     def _part_n(part: Path) -> int:
-        return int(_load_part(part, ["flux"])["flux"].shape[0])
+        return int(_load_part(part, ["labels"])["labels"].shape[0])  # not the big flux
 
     @property
     def n(self) -> int:
@@ -387,7 +387,9 @@ class DatasetWriter:
             raise ValueError(
                 f"meta columns {sorted(meta)} differ from the dataset's {sorted(columns)}"
             )
-        part = self.work / f"part-{len(self._parts):09d}.npz"
+        # Numbered after the last one, not by count: a part removed by hand leaves a gap.
+        number = int(self._parts[-1].stem.removeprefix("part-")) + 1 if self._parts else 0
+        part = self.work / f"part-{number:09d}.npz"
         with atomic_path(part) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **_row_arrays(flux, labels, label_errors, meta))
         self._parts.append(part)
@@ -429,9 +431,14 @@ class DatasetWriter:
         start = 0
         if self._base_n:
             with h5py.File(self.work / _BASE, "r") as base:
-                names = ["flux", "labels", "label_errors"] + [
-                    f"meta/{k}" for k in base["meta"] if k != "split"
-                ]
+                names: list[str] = []
+                base.visititems(
+                    lambda name, obj: (
+                        names.append(name)
+                        if isinstance(obj, h5py.Dataset) and name != "meta/split"
+                        else None
+                    )
+                )
                 for lo in range(0, self._base_n, _COPY_ROWS):
                     hi = min(lo + _COPY_ROWS, self._base_n)
                     put({k: _read_rows(base[k], lo, hi) for k in names}, lo)
