@@ -423,7 +423,10 @@ def read_mrs(
             if len(raw) < size:
                 raise EOFError(f"the file ends inside extension {name}")
             data = np.frombuffer(raw, dtype=dtype, count=_int_card(header, "NAXIS2", 0))
-            arm, layout = _read_arm(path, header, data, name)
+            # Wild values become inf or NaN, which Arm.problem() reports: a numpy warning for
+            # each such file would only be noise on stderr.
+            with np.errstate(over="ignore", invalid="ignore"):
+                arm, layout = _read_arm(path, header, data, name)
             del raw, data  # before the next extension is read
             arms[name] = arm
             layouts.add(layout)
