@@ -343,7 +343,9 @@ def _read_arm(where: str, header: dict, data: np.ndarray, extname: str) -> tuple
         # Published number types (docs/preprocessing.md): λ = 10**LOGLAM in float32, correctly
         # rounded: a float32 power differs by one ulp between CPUs, which the outlier steps
         # turn into up to 2 % at single pixels; the rounded float64 power is the same everywhere.
-        wavelength = np.power(10.0, loglam.astype(np.float64)).astype(np.float32)
+        power = loglam.astype(np.float64)
+        wavelength = np.power(10.0, power, out=power).astype(np.float32)  # in place: one copy
+        del power
     elif "WAVELENGTH" in names:
         layout = "dr9"
         wavelength = _column(data, "WAVELENGTH", np.float32)
@@ -355,7 +357,7 @@ def _read_arm(where: str, header: dict, data: np.ndarray, extname: str) -> tuple
     mask_name = "ORMASK" if "ORMASK" in names else "PIXMASK" if "PIXMASK" in names else None
     mask = _column(data, mask_name, np.int32) if mask_name else np.zeros(n, np.int32)
     andmask = _column(data, "ANDMASK", np.int32) if "ANDMASK" in names else None
-    if wavelength.size > 1 and not np.all(np.diff(wavelength) >= 0):
+    if wavelength.size > 1 and not np.all(wavelength[1:] >= wavelength[:-1]):
         order = np.argsort(wavelength, kind="stable")
         wavelength = wavelength[order]
         if flux.size == order.size:
