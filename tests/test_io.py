@@ -7,8 +7,9 @@ import gzip
 import numpy as np
 import pytest
 
-from lamost_rrnet.errors import SpectrumError
-from lamost_rrnet.spectra.io import Arm, encode_mrs, read_mrs, write_mrs
+from bomb_inputs import write_bomb
+from lamost_rrnet.errors import FileTooLarge, SpectrumError
+from lamost_rrnet.spectra.io import MAX_BYTES, Arm, encode_mrs, read_mrs, write_mrs
 
 GOOD = "med-58025-HIP9645901_sp02-051.fits.gz"
 ZERO_SNR = "med-58268-HIP95119KP01_sp12-076.fits.gz"
@@ -178,3 +179,122 @@ def test_written_files_are_valid_fits_for_astropy(tmp_path, layout):
         flux = data["FLUX"][0] if layout == "dr9" else data["FLUX"]
         np.testing.assert_array_equal(flux, arms[0].flux)
         assert hdul["B-83555758"].header["LMJM"] == "83555758"
+
+
+@pytest.mark.parametrize("suffix", [".fits.gz", ".fits"])
+def test_an_extension_declaring_a_bomb_is_streamed_past_in_bounded_memory(tmp_path, suffix):
+    # 512 MB of zeros before the coadds: ~0.5 MB gzip'd, a hole in a plain file. Held, they
+    # took twice that; streamed past, the read holds one step of them.
+    import tracemalloc
+
+    declared = 512 * 2**20
+    path = write_bomb(tmp_path / f"bomb{suffix}", HEADER, _arms(), declared)
+    assert path.stat().st_size < 2**20 or suffix == ".fits"
+    tracemalloc.start()
+    try:
+        mrs = read_mrs(path, ["COADD_B", "COADD_R"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert list(mrs.arms) == ["COADD_B", "COADD_R"]
+    assert peak < 8 * 2**20, f"peak {peak / 2**20:.0f} MB"
+
+
+def test_a_file_over_the_limit_is_too_large(tmp_path):
+    path = write_mrs(tmp_path / "x.fits.gz", HEADER, _arms())
+    assert read_mrs(path, max_bytes=10**6).coadd()  # the arms take ~50 kB
+    with pytest.raises(FileTooLarge, match=r"x.fits.gz.*limit of 0.0\d+ MB") as info:
+        read_mrs(path, max_bytes=20_000)
+    assert info.value.status == "too_large"
+    assert isinstance(info.value, SpectrumError)
+
+
+@pytest.mark.parametrize("suffix", [".fits.gz", ".fits"])
+def test_a_coadd_declaring_more_than_the_limit_is_too_large_before_it_is_read(tmp_path, suffix):
+    # The header alone declares 1 GB; the file holds none of it. Nothing is decompressed or
+    # allocated: the declared size is checked first.
+    raw = bytearray(encode_mrs(HEADER, _arms()[:1], compresslevel=None))
+    card = raw.index(b"NAXIS2  =", 2880)
+    rows = MAX_BYTES // 16 * 4
+    raw[card : card + 80] = f"NAXIS2  = {rows:>20}".ljust(80).encode()
+    path = tmp_path / f"huge{suffix}"
+    path.write_bytes(gzip.compress(bytes(raw)) if suffix.endswith(".gz") else bytes(raw))
+    with pytest.raises(FileTooLarge, match=r"huge.fits.*256 MB"):
+        read_mrs(path)
+
+
+def _with_card(raw: bytes, key: str, text: str, hdu: int = 1) -> bytes:
+    """``raw`` with card ``key`` of HDU number ``hdu`` (0: primary) set to ``text``."""
+    start = 0
+    for _ in range(hdu):
+        start = raw.index(b"XTENSION=", start + 1)
+    card = raw.index(f"{key:<8}= ".encode(), start)
+    out = bytearray(raw)
+    out[card : card + 80] = f"{key:<8}= {text:>20}".ljust(80).encode("latin-1")
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "hdu"),
+    [
+        ("XTENSION", "5", 1),  # was AttributeError
+        ("NAXIS2", "1E999", 1),  # was OverflowError (an infinite float)
+        ("NAXIS2", "-1", 1),  # count=-1 read whatever was there
+        ("NAXIS2", "'many'", 1),
+        ("NAXIS1", "1.5", 1),
+        ("NAXIS", "1000000000", 1),  # a billion axes to loop over
+        ("TFIELDS", "99999999999", 1),
+        ("BITPIX", "7", 1),
+        ("TFORM1", "'99999999999999999E'", 1),
+        ("PCOUNT", "-99999999", 1),
+        ("NAXIS", "NaN", 0),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("suffix", [".fits.gz", ".fits"])
+def test_odd_structural_cards_are_spectrum_errors(tmp_path, key, text, hdu, suffix):
+    raw = _with_card(encode_mrs(HEADER, _arms(), compresslevel=None), key, text, hdu)
+    path = tmp_path / f"odd{suffix}"
+    path.write_bytes(gzip.compress(raw) if suffix.endswith(".gz") else raw)
+    with pytest.raises(SpectrumError, match=r"odd.fits"):
+        read_mrs(path, ["COADD_B", "COADD_R"])
+
+
+@pytest.mark.parametrize(
+    ("key", "text"),
+    [("OBSID", "'abc'"), ("OBSID", "1E999"), ("OBSID", "T"), ("LMJD", "1E999"),
+     ("LMJD", "'58025'"), ("RA", "'abc'"), ("DEC", "T")],
+)  # fmt: skip
+def test_unusable_identity_cards_are_spectrum_errors_naming_the_card(tmp_path, key, text):
+    path = tmp_path / "odd.fits"
+    path.write_bytes(_with_card(encode_mrs(HEADER, _arms(), compresslevel=None), key, text, 0))
+    mrs = read_mrs(path)
+    with pytest.raises(SpectrumError, match=rf"odd.fits: header card {key} ="):
+        (mrs.obsid, mrs.ra, mrs.dec, mrs.lmjd)  # noqa: B018
+
+
+def test_an_odd_snr_card_costs_only_the_snr(tmp_path):
+    path = tmp_path / "odd.fits"
+    path.write_bytes(_with_card(encode_mrs(HEADER, _arms(), compresslevel=None), "SNR", "'x'"))
+    arm = read_mrs(path).arms["COADD_B"]
+    assert np.isnan(arm.snr) and arm.problem() is None
+
+
+def test_any_failure_while_reading_is_a_spectrum_error(tmp_path, monkeypatch):
+    import lamost_rrnet.spectra.io as io
+
+    def fail(*args):
+        raise MemoryError
+
+    monkeypatch.setattr(io, "_read_arm", fail)
+    path = write_mrs(tmp_path / "x.fits", HEADER, _arms())
+    with pytest.raises(SpectrumError, match=r"x.fits: not a readable FITS file \(MemoryError\)"):
+        read_mrs(path)
+
+
+@pytest.mark.parametrize(("key", "text", "hdu"), [("OBSID", "'abc'", 0), ("NAXIS2", "1E999", 1)])
+def test_inspect_prints_one_line_for_an_odd_header(tmp_path, run_cli, key, text, hdu):
+    path = tmp_path / "odd.fits"
+    path.write_bytes(_with_card(encode_mrs(HEADER, _arms(), compresslevel=None), key, text, hdu))
+    code, out, err = run_cli("inspect", str(path))
+    assert code == 1 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "odd.fits" in err and "Traceback" not in err

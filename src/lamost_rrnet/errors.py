@@ -17,6 +17,12 @@ class CoverageError(SpectrumError):
     """The corrected wavelengths do not cover the network's pixel grid."""
 
 
+class FileTooLarge(SpectrumError):
+    """A spectrum file would need more memory than the per-file limit to read."""
+
+    status = "too_large"  # the catalogue status of its row
+
+
 class CatalogueError(RRNetError):
     """A catalogue or table is unreadable, lacks columns, or gives no usable rows."""
 

@@ -20,11 +20,16 @@ import numpy as np
 from astropy.io import fits
 
 from lamost_rrnet.atomic import atomic_write_bytes
-from lamost_rrnet.errors import SpectrumError
+from lamost_rrnet.errors import FileTooLarge, SpectrumError
 
 COADD_BLUE = "COADD_B"
 COADD_RED = "COADD_R"
 _EXTNAME = re.compile(r"^(COADD_[BR]|[BR]-\w+)$")
+
+#: Most bytes :func:`read_mrs` holds for one file, decompressed: headers and the extensions it
+#: reads (those it skips are streamed past). A real MRS file is well under 10 MB; the limit
+#: keeps a crafted header (a gzip "bomb") from taking the machine's memory.
+MAX_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -94,9 +99,20 @@ class MRSFile:
     def filename(self) -> str:
         return os.path.basename(self.path)
 
+    def _number(self, key: str, cast: type, default):
+        value = self.header.get(key, default)
+        try:
+            if isinstance(value, bool) or isinstance(value, str):
+                raise ValueError
+            return cast(value)
+        except (ValueError, OverflowError):
+            raise SpectrumError(
+                f"{self.path}: header card {key} = {value!r} is not a number"
+            ) from None
+
     @property
     def obsid(self) -> int:
-        return int(self.header.get("OBSID", -1))
+        return self._number("OBSID", int, -1)
 
     @property
     def designation(self) -> str:
@@ -104,15 +120,15 @@ class MRSFile:
 
     @property
     def ra(self) -> float:
-        return float(self.header.get("RA", np.nan))
+        return self._number("RA", float, np.nan)
 
     @property
     def dec(self) -> float:
-        return float(self.header.get("DEC", np.nan))
+        return self._number("DEC", float, np.nan)
 
     @property
     def lmjd(self) -> int:
-        return int(self.header.get("LMJD", -1))
+        return self._number("LMJD", int, -1)
 
     @property
     def data_release(self) -> str:
@@ -150,29 +166,70 @@ _TFORM = re.compile(r"^\s*(\d*)([LBIJKEDA])")
 _FITS_TYPES = {"L": "i1", "B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8"}
 
 
-class _Reader:
-    """Sequential reads from a plain or gzip-compressed file, decompressing only what is read."""
+_CHUNK = 1 << 16  # compressed bytes read from the file at a time
+_STEP = 1 << 20  # most decompressed bytes made at a time: what skipping an extension holds
 
-    def __init__(self, path: str):
+
+class _Reader:
+    """Sequential reads from a plain or gzip-compressed file, decompressing only what is read.
+
+    :meth:`read` returns bytes the caller keeps and counts them against ``max_bytes``;
+    :meth:`skip` streams past bytes nobody keeps, so what a header declares for an extension
+    that is not wanted never has to fit in memory.
+    """
+
+    def __init__(self, path: str, max_bytes: int):
+        self.path = path
+        self.max_bytes = max_bytes
+        self._left = max_bytes
         self._file = open(path, "rb")
         magic = self._file.read(2)
         self._file.seek(0)
         self._inflate = zlib.decompressobj(31) if magic == b"\x1f\x8b" else None
-        self._buffer = bytearray()
 
-    def read(self, n: int) -> bytes:
+    def _inflated(self, limit: int) -> bytes:
+        """Up to ``limit`` more decompressed bytes; empty only at the end of the stream."""
+        inflate = self._inflate
+        while not inflate.eof:
+            data = inflate.unconsumed_tail or self._file.read(_CHUNK)
+            # With no input left, one more call still returns output zlib had pending.
+            out = inflate.decompress(data, limit)
+            if out:
+                return out
+            if not data:
+                raise EOFError("compressed file ended before the end-of-stream marker")
+        return b""
+
+    def read(self, n: int) -> bytes | bytearray:
+        """The next ``n`` bytes, fewer at the end of the file."""
+        if n > self._left:
+            raise FileTooLarge(
+                f"{self.path}: holds more than the per-file limit of "
+                f"{self.max_bytes / 2**20:g} MB decompressed (an extension declares {n:,} bytes)"
+            )
+        self._left -= n
         if self._inflate is None:
             return self._file.read(n)
-        while len(self._buffer) < n:
-            chunk = self._file.read(1 << 16)
-            if not chunk:
-                if not self._inflate.eof:
-                    raise EOFError("compressed file ended before the end-of-stream marker")
+        # One buffer, grown in place (realloc): no second copy of what is read, and nothing
+        # allocated for what a truncated file only declares.
+        out = bytearray()
+        while len(out) < n:
+            piece = self._inflated(min(n - len(out), _STEP))
+            if not piece:
                 break
-            self._buffer += self._inflate.decompress(chunk)
-        out = bytes(self._buffer[:n])
-        del self._buffer[:n]
+            out += piece
         return out
+
+    def skip(self, n: int) -> None:
+        """Move ``n`` bytes on, or to the end of the file, holding at most one step of them."""
+        if self._inflate is None:
+            self._file.seek(n, os.SEEK_CUR)
+            return
+        while n > 0:
+            piece = self._inflated(min(n, _STEP))
+            if not piece:
+                return
+            n -= len(piece)
 
     def close(self) -> None:
         self._file.close()
@@ -218,20 +275,34 @@ def _read_header(reader: _Reader, block: bytes | None = None) -> dict | None:
         block = None
 
 
+def _int_card(header: dict, key: str, default: int, low: int = 0, high: int | None = None) -> int:
+    """A structural card's value, checked: a lying card must not size a read or a loop."""
+    value = header.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key} = {value!r} is not an integer")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{key} = {value} is out of range")
+    return value
+
+
 def _data_size(header: dict) -> int:
-    naxis = int(header.get("NAXIS", 0))
+    """Bytes of the HDU's data, padded to whole blocks."""
+    naxis = _int_card(header, "NAXIS", 0, high=999)
     if naxis == 0:
         return 0
-    size = abs(int(header.get("BITPIX", 8))) // 8
+    bitpix = _int_card(header, "BITPIX", 8, low=-64, high=64)
+    if bitpix not in (8, 16, 32, 64, -32, -64):
+        raise ValueError(f"BITPIX = {bitpix} is not a FITS data type")
+    size = abs(bitpix) // 8
     for axis in range(1, naxis + 1):
-        size *= int(header.get(f"NAXIS{axis}", 0))
-    size += int(header.get("PCOUNT", 0))
+        size *= _int_card(header, f"NAXIS{axis}", 0)
+    size += _int_card(header, "PCOUNT", 0)
     return -(-size // _BLOCK) * _BLOCK
 
 
 def _table_dtype(header: dict, where: str) -> np.dtype:
     fields = []
-    for i in range(1, int(header.get("TFIELDS", 0)) + 1):
+    for i in range(1, _int_card(header, "TFIELDS", 0, high=999) + 1):
         name = str(header.get(f"TTYPE{i}", f"COL{i}")).strip().upper()
         match = _TFORM.match(str(header.get(f"TFORM{i}", "")))
         if not match:
@@ -245,7 +316,7 @@ def _table_dtype(header: dict, where: str) -> np.dtype:
                 (name, _FITS_TYPES[code], (repeat,)) if repeat != 1 else (name, _FITS_TYPES[code])
             )
     dtype = np.dtype(fields)
-    if dtype.itemsize != int(header.get("NAXIS1", -1)):
+    if dtype.itemsize != header.get("NAXIS1"):
         raise SpectrumError(f"{where}: the column formats do not add up to NAXIS1")
     return dtype
 
@@ -253,6 +324,13 @@ def _table_dtype(header: dict, where: str) -> np.dtype:
 def _column(data: np.ndarray, name: str, dtype: type) -> np.ndarray:
     # DR9 stores each array in one row, DR7 one pixel per row: ravel covers both.
     return np.asarray(data[name], dtype=dtype).ravel()
+
+
+def _float_or_nan(value) -> float:
+    # An odd SNR card costs its value, not the arm: S/N is only reported.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return float("nan")
 
 
 def _read_arm(where: str, header: dict, data: np.ndarray, extname: str) -> tuple[Arm, str]:
@@ -265,7 +343,9 @@ def _read_arm(where: str, header: dict, data: np.ndarray, extname: str) -> tuple
         # Published number types (docs/preprocessing.md): λ = 10**LOGLAM in float32, correctly
         # rounded: a float32 power differs by one ulp between CPUs, which the outlier steps
         # turn into up to 2 % at single pixels; the rounded float64 power is the same everywhere.
-        wavelength = np.power(10.0, loglam.astype(np.float64)).astype(np.float32)
+        power = loglam.astype(np.float64)
+        wavelength = np.power(10.0, power, out=power).astype(np.float32)  # in place: one copy
+        del power
     elif "WAVELENGTH" in names:
         layout = "dr9"
         wavelength = _column(data, "WAVELENGTH", np.float32)
@@ -277,33 +357,44 @@ def _read_arm(where: str, header: dict, data: np.ndarray, extname: str) -> tuple
     mask_name = "ORMASK" if "ORMASK" in names else "PIXMASK" if "PIXMASK" in names else None
     mask = _column(data, mask_name, np.int32) if mask_name else np.zeros(n, np.int32)
     andmask = _column(data, "ANDMASK", np.int32) if "ANDMASK" in names else None
-    if wavelength.size > 1 and not np.all(np.diff(wavelength) >= 0):
+    if wavelength.size > 1 and not np.all(wavelength[1:] >= wavelength[:-1]):
         order = np.argsort(wavelength, kind="stable")
         wavelength = wavelength[order]
         if flux.size == order.size:
             flux, ivar, mask = flux[order], ivar[order], mask[order]
             andmask = andmask[order] if andmask is not None else None
     keep = {k: header[k] for k in ("SNR", "LMJM", "EXPTIME", "DATE-OBS") if k in header}
-    snr = float(header.get("SNR", np.nan))
+    snr = _float_or_nan(header.get("SNR"))
     return Arm(extname, wavelength, flux, ivar, mask, snr, andmask, keep), layout
 
 
-def read_mrs(path: str | os.PathLike[str], extensions: Iterable[str] | None = None) -> MRSFile:
+def read_mrs(
+    path: str | os.PathLike[str],
+    extensions: Iterable[str] | None = None,
+    max_bytes: int = MAX_BYTES,
+) -> MRSFile:
     """Read a LAMOST MRS ``.fits`` or ``.fits.gz`` file, in the DR7 or the DR9+ layout.
 
     ``extensions`` limits reading to the named ones (e.g. ``["COADD_B", "COADD_R"]``); a named
     extension that is absent raises :class:`SpectrumError`. Otherwise every coadd and exposure
     table is read. Only what is needed is decompressed: reading the coadds of a ``.fits.gz``
     stops after them, which makes this several times faster than a general FITS reader.
+
+    Extensions that are not read are streamed past, never held. What is held (headers and the
+    extensions read, decompressed) may not exceed ``max_bytes``: a file that needs more raises
+    :class:`~lamost_rrnet.errors.FileTooLarge`. Every failure is a :class:`SpectrumError`
+    naming the file, whatever the bytes in it.
     """
     path = str(path)
     wanted = None if extensions is None else [e.upper() for e in extensions]
     try:
-        reader = _Reader(path)
+        reader = _Reader(path, max_bytes)
     except FileNotFoundError as exc:
         raise SpectrumError(f"{path}: no such file") from exc
     except OSError as exc:
         raise SpectrumError(f"{path}: cannot be opened ({exc.strerror or exc})") from exc
+    except ValueError as exc:  # e.g. a NUL byte in the name
+        raise SpectrumError(f"{path}: cannot be opened ({exc})") from exc
     arms: dict[str, Arm] = {}
     layouts = set()
     seen: list[str] = []
@@ -314,7 +405,7 @@ def read_mrs(path: str | os.PathLike[str], extensions: Iterable[str] | None = No
         primary = _read_header(reader, first)
         if not primary or primary.get("SIMPLE") is not True:
             raise SpectrumError(f"{path}: not a FITS file (no SIMPLE = T card)")
-        reader.read(_data_size(primary))
+        reader.skip(_data_size(primary))
         remaining = None if wanted is None else set(wanted)
         while remaining is None or remaining:
             header = _read_header(reader)
@@ -324,25 +415,32 @@ def read_mrs(path: str | os.PathLike[str], extensions: Iterable[str] | None = No
             name = str(header.get("EXTNAME", "")).strip().upper()
             seen.append(name)
             selected = _EXTNAME.match(name) if remaining is None else name in remaining
-            if not selected or header.get("XTENSION", "").strip() != "BINTABLE":
+            if not selected or str(header.get("XTENSION", "")).strip() != "BINTABLE":
                 if selected and remaining is not None:
                     raise SpectrumError(f"{path}[{name}]: not a binary table")
-                reader.read(size)
+                reader.skip(size)
                 continue
+            dtype = _table_dtype(header, f"{path}[{name}]")
             raw = reader.read(size)
             if len(raw) < size:
                 raise EOFError(f"the file ends inside extension {name}")
-            dtype = _table_dtype(header, f"{path}[{name}]")
-            data = np.frombuffer(raw, dtype=dtype, count=int(header.get("NAXIS2", 0)))
-            arm, layout = _read_arm(path, header, data, name)
+            data = np.frombuffer(raw, dtype=dtype, count=_int_card(header, "NAXIS2", 0))
+            # Wild values become inf or NaN, which Arm.problem() reports: a numpy warning for
+            # each such file would only be noise on stderr.
+            with np.errstate(over="ignore", invalid="ignore"):
+                arm, layout = _read_arm(path, header, data, name)
+            del raw, data  # before the next extension is read
             arms[name] = arm
             layouts.add(layout)
             if remaining is not None:
                 remaining.discard(name)
     except SpectrumError:
         raise
-    except (OSError, ValueError, EOFError, zlib.error, KeyError, TypeError) as exc:
-        raise SpectrumError(f"{path}: not a readable FITS file ({exc})") from exc
+    except Exception as exc:
+        # Whatever odd bytes do to the parsing (MemoryError, OverflowError, struct or zlib
+        # errors...), the caller gets one line naming the file, never a traceback.
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise SpectrumError(f"{path}: not a readable FITS file ({detail})") from exc
     finally:
         reader.close()
     if wanted is not None:
