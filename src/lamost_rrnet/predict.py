@@ -893,7 +893,7 @@ def predict_files(
 
             def unlisted(message: str) -> None:
                 summary.unlisted_dirs += 1
-                say(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+                say(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
             seen = HashSet()  # this run's inputs, once each
 
@@ -927,7 +927,11 @@ def predict_files(
                         summary.files += rows.files
                         summary.not_regular += len(rows.skipped)
                         for message in (*rows.skipped, *rows.errors):
-                            say(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+                            say(
+                                f"[yellow]warning:[/] {escape(message)}",
+                                highlight=False,
+                                soft_wrap=True,
+                            )
                         pending.append(rows)
                         if sum(len(r) for r in pending) >= batch_size:
                             flush(pending)
