@@ -165,6 +165,24 @@ def iter_input_paths(
                     yield os.fsdecode(line)
 
 
+@dataclass(frozen=True)
+class InputSelection:
+    """What to do with each input of a block: bool arrays, one value per input."""
+
+    take: np.ndarray  # the first time this run meets the input, and not yet in the output
+    done: np.ndarray  # already in the output (resume)
+    repeated: np.ndarray  # met before in this run, not done
+
+
+def select_inputs(block: Sequence[str], seen: HashSet, done: np.ndarray) -> InputSelection:
+    """Split a block of input paths by identity: new, done (``done``: sorted hashes of the
+    output's paths) or repeated (``seen``: this run's inputs so far, updated here)."""
+    hashes = text_hashes(path_text(p) for p in block)
+    in_output = contains(done, hashes)
+    new = seen.add(hashes)
+    return InputSelection(new & ~in_output, in_output, ~new & ~in_output)
+
+
 def _chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
     chunk: list[str] = []
     for item in items:
@@ -900,14 +918,11 @@ def predict_files(
             def tasks() -> Iterator[list[str]]:
                 inputs = iter_input_paths(paths, list_file, on_error=unlisted)
                 for block in _chunks(inputs, 1024):
-                    hashes = text_hashes(path_text(p) for p in block)
-                    done = contains(writer.done, hashes)
-                    new = seen.add(hashes)
-                    summary.skipped_files += int(done.sum())
-                    summary.repeated += int((~new & ~done).sum())
-                    take = new & ~done
-                    bar.advance(task_id, len(block) - int(take.sum()))
-                    todo = (p for p, keep in zip(block, take, strict=True) if keep)
+                    selected = select_inputs(block, seen, writer.done)
+                    summary.skipped_files += int(selected.done.sum())
+                    summary.repeated += int(selected.repeated.sum())
+                    bar.advance(task_id, len(block) - int(selected.take.sum()))
+                    todo = (p for p, keep in zip(block, selected.take, strict=True) if keep)
                     yield from _chunks(todo, FILES_PER_TASK)
 
             def flush(pending: list[_Rows]) -> None:
