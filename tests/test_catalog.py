@@ -245,3 +245,33 @@ def test_resume_on_a_finished_output_keeps_its_rows(tmp_path, suffix):
     resumed.assemble(out, HEADER)
     names = list(_read(out)["filename"])
     assert names == [f"filename{i}" for i in range(4)]
+
+
+def test_journal_of_an_older_version_is_refused(tmp_path):
+    out = tmp_path / "cat.parquet"
+    Journal.open(out, SCHEMA, RUN).append(SCHEMA.table(_rows(SCHEMA, 1)))
+    run_file = journal_dir(out) / "run.json"
+    old = json.loads(run_file.read_text())
+    old["journal_version"] = 1  # rows keyed by file name, without path
+    run_file.write_text(json.dumps(old))
+    with pytest.raises(OutputExistsError, match="older lamost-rrnet"):
+        Journal.open(out, SCHEMA, RUN, resume=True)
+
+
+def test_a_journal_appears_only_complete(tmp_path, monkeypatch):
+    """Killed while copying a finished output's rows: no journal, and the output intact."""
+    import lamost_rrnet.catalog as catalog
+
+    out = tmp_path / "cat.parquet"
+    first = Journal.open(out, SCHEMA, RUN)
+    first.append(SCHEMA.table(_rows(SCHEMA, 3)))
+    first.assemble(out, HEADER)
+    monkeypatch.setattr(catalog, "_IMPORT_ROWS", 1)
+
+    def disk_full(self, table):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Journal, "append", disk_full)
+    with pytest.raises(OSError):
+        Journal.open(out, SCHEMA, RUN, resume=True)
+    assert not journal_dir(out).exists() and pq.read_table(out).num_rows == 3
