@@ -850,7 +850,9 @@ def predict_files(
     """Run a model over LAMOST MRS files and write (or return) the catalogue.
 
     ``paths`` are files, directories (searched recursively for *.fits and *.fits.gz) or glob
-    patterns; ``list_file`` adds one path per line. ``model`` is a registry name, a model
+    patterns; ``list_file`` adds one path per line. Each input is taken once, by its identity
+    (:mod:`lamost_rrnet.identity`); FIFOs and other files that are not regular are skipped
+    with a warning, as are directories that cannot be listed. ``model`` is a registry name, a model
     directory, a published-layout directory, or an ``Ensemble``. RVs come from ``catalogue``
     (CSV/FITS/Parquet, joined by obsid or file name, column ``rv_column`` or the first of
     rv, rv_ku0, rv_br0, rv_lasp0), else from cross-correlation. ``exposures`` gives one row per
@@ -863,7 +865,9 @@ def predict_files(
     ``output`` ending in .fits, .csv or .parquet is written atomically through a resumable
     journal and a :class:`PredictSummary` is returned; ``"-"`` streams CSV to stdout; None
     returns the catalogue as an astropy Table. An existing output raises
-    :class:`~lamost_rrnet.errors.OutputExistsError` unless ``resume`` or ``overwrite``.
+    :class:`~lamost_rrnet.errors.OutputExistsError` unless ``resume`` or ``overwrite``;
+    ``resume`` skips the inputs whose ``path`` is already written, and refuses an output made
+    with other settings, a finished CSV output, or one without the ``path`` column.
     """
     started = time.perf_counter()
     if batch_size < 1:
