@@ -275,3 +275,11 @@ def test_a_journal_appears_only_complete(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         Journal.open(out, SCHEMA, RUN, resume=True)
     assert not journal_dir(out).exists() and pq.read_table(out).num_rows == 3
+
+
+def test_header_values_are_checked_before_a_run():
+    from lamost_rrnet.catalog import check_header
+
+    check_header(HEADER)
+    with pytest.raises(CatalogueError, match="cannot go into FITS"):
+        check_header({**HEADER, "MODEL": "tïny"})

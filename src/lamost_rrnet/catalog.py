@@ -1,10 +1,13 @@
 """The ``predict`` catalogue: its columns, the flag rule, and streaming, resumable writers.
 
-The columns are the paper's Table 3 followed by ``rv``, ``rv_source``, ``status`` and ``model``
-(docs/catalogue.md). Rows arrive in chunks. Each chunk is written atomically as a Parquet file
-into a journal directory beside the output (``<output>.journal/``), so a run killed at any
-moment, SIGKILL included, keeps every finished chunk, and a resumed run reads the journal to skip
-what is done. At the end the journal is assembled into the output in one atomic move and removed.
+The columns are the paper's Table 3 followed by ``rv``, ``rv_source``, ``status``, ``model``
+and ``path``, the input's identity (docs/catalogue.md). Rows arrive in chunks. Each chunk is
+written atomically as a Parquet file into a journal directory beside the output
+(``<output>.journal/``), so a run killed at any moment, SIGKILL included, keeps every finished
+chunk, and a resumed run reads the journal's paths to skip what is done. A journal appears
+under its name only complete, and is renamed away before it is deleted, so no kill leaves a
+partial journal to resume from. At the end the journal is assembled into the output in one
+atomic move.
 """
 
 from __future__ import annotations
