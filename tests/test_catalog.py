@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 
@@ -21,15 +22,14 @@ from lamost_rrnet.catalog import (
     FlagRule,
     Journal,
     catalogue_columns,
-    contains,
     journal_dir,
-    name_hashes,
     output_format,
     read_batches,
     status_text,
     write_catalogue,
 )
 from lamost_rrnet.errors import CatalogueError, OutputExistsError
+from lamost_rrnet.identity import contains, text_hashes
 from lamost_rrnet.labels import PUBLISHED_ORDER
 
 TABLE3 = """obsid, filename, ra, dec, extname_blue, extname_red, snr_blue, snr_red,
@@ -41,7 +41,7 @@ MnH, MnH_err, FeH, FeH_err, NiH, NiH_err, CuH, CuH_err, flag"""
 def test_columns_are_table3_then_extras():
     want = [c.strip() for c in TABLE3.replace("\n", " ").split(",")]
     got = catalogue_columns(PUBLISHED_ORDER)  # the ensemble's order has FeH third
-    assert got == [*want, "rv", "rv_source", "status", "model"]
+    assert got == [*want, "rv", "rv_source", "status", "model", "path"]
 
 
 def test_other_labels_follow_in_the_same_style():
@@ -108,14 +108,14 @@ def test_flag_rule_each_check():
     ]
 
 
-def test_name_hashes_membership():
-    done = np.unique(name_hashes(["a.fits.gz", "b.fits"]))
-    assert contains(done, name_hashes(["b.fits", "c.fits", "a.fits.gz"])).tolist() == [
+def test_text_hashes_membership():
+    done = np.unique(text_hashes(["a.fits.gz", "b.fits"]))
+    assert contains(done, text_hashes(["b.fits", "c.fits", "a.fits.gz"])).tolist() == [
         True,
         False,
         True,
     ]
-    assert not contains(np.empty(0, np.uint64), name_hashes(["a"])).any()
+    assert not contains(np.empty(0, np.uint64), text_hashes(["a"])).any()
 
 
 def test_output_format():
@@ -186,7 +186,8 @@ def test_read_batches_refuses_other_columns(tmp_path):
         list(read_batches(path, SCHEMA))
 
 
-RUN = {"model": "m@1", "exposures": False}
+RUN = {"model": "m@1", "exposures": False, "flag": dataclasses.asdict(FlagRule())}
+HEADER = {"MODEL": "m", "MODELVER": "1", "EXPOSURE": False, **FlagRule().header()}
 
 
 def test_journal_refuses_existing_output_and_journal(tmp_path):
@@ -210,8 +211,8 @@ def test_journal_chunks_resume_and_assemble(tmp_path):
     # A later run (after a kill) sees the finished chunk, not the half-written one.
     again = Journal.open(out, SCHEMA, RUN, resume=True)
     assert not list(again.directory.glob("*.part"))
-    done = again.done_files()
-    assert contains(done, name_hashes(["filename0", "filename2", "filename3"])).tolist() == [
+    done = again.done_inputs()
+    assert contains(done, text_hashes(["path0", "path2", "path3"])).tolist() == [
         True,
         True,
         False,
@@ -232,15 +233,53 @@ def test_journal_refuses_another_model(tmp_path):
     assert fresh.n_rows() == 0
 
 
-@pytest.mark.parametrize("suffix", [".fits", ".csv", ".parquet"])
+@pytest.mark.parametrize("suffix", [".fits", ".parquet"])
 def test_resume_on_a_finished_output_keeps_its_rows(tmp_path, suffix):
     out = tmp_path / f"cat{suffix}"
     first = Journal.open(out, SCHEMA, RUN)
     first.append(SCHEMA.table(_rows(SCHEMA, 3)))
-    first.assemble(out, {})
+    first.assemble(out, HEADER)
     resumed = Journal.open(out, SCHEMA, RUN, resume=True)
-    assert contains(resumed.done_files(), name_hashes(["filename1"])).all()
+    assert contains(resumed.done_inputs(), text_hashes(["path1"])).all()
     resumed.append(SCHEMA.table(_rows(SCHEMA, 1, start=3)))
-    resumed.assemble(out, {})
+    resumed.assemble(out, HEADER)
     names = list(_read(out)["filename"])
     assert names == [f"filename{i}" for i in range(4)]
+
+
+def test_journal_of_an_older_version_is_refused(tmp_path):
+    out = tmp_path / "cat.parquet"
+    Journal.open(out, SCHEMA, RUN).append(SCHEMA.table(_rows(SCHEMA, 1)))
+    run_file = journal_dir(out) / "run.json"
+    old = json.loads(run_file.read_text())
+    old["journal_version"] = 1  # rows keyed by file name, without path
+    run_file.write_text(json.dumps(old))
+    with pytest.raises(OutputExistsError, match="older lamost-rrnet"):
+        Journal.open(out, SCHEMA, RUN, resume=True)
+
+
+def test_a_journal_appears_only_complete(tmp_path, monkeypatch):
+    """Killed while copying a finished output's rows: no journal, and the output intact."""
+    import lamost_rrnet.catalog as catalog
+
+    out = tmp_path / "cat.parquet"
+    first = Journal.open(out, SCHEMA, RUN)
+    first.append(SCHEMA.table(_rows(SCHEMA, 3)))
+    first.assemble(out, HEADER)
+    monkeypatch.setattr(catalog, "_IMPORT_ROWS", 1)
+
+    def disk_full(self, table):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Journal, "append", disk_full)
+    with pytest.raises(OSError):
+        Journal.open(out, SCHEMA, RUN, resume=True)
+    assert not journal_dir(out).exists() and pq.read_table(out).num_rows == 3
+
+
+def test_header_values_are_checked_before_a_run():
+    from lamost_rrnet.catalog import check_header
+
+    check_header(HEADER)
+    with pytest.raises(CatalogueError, match="cannot go into FITS"):
+        check_header({**HEADER, "MODEL": "tïny"})

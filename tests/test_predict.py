@@ -363,7 +363,7 @@ def test_existing_output_refused_overwritten_or_resumed(ensemble, spectra, tmp_p
     summary = predict_files([spectra], resume=True, **kw)
     assert (summary.skipped_files, summary.rows) == (1, 2)
     assert sorted(_read(out)["filename"]) == ["a-1.fits.gz", "b-2.fits.gz", "c-3.fits"]
-    predict_files([spectra / "c-3.fits"], overwrite=True, **kw)
+    predict_files([spectra / "sub" / "deeper" / "c-3.fits"], overwrite=True, **kw)
     assert list(_read(out)["filename"]) == ["c-3.fits"]
 
 
@@ -581,3 +581,313 @@ def test_reproduces_the_published_pipeline_by_hand(shared_dir, real_spectra, tmp
     # the S/N ~ 0 file: labels, but flag 0
     dark = table[table["filename"] == "med-58268-HIP95119KP01_sp12-076.fits.gz"][0]
     assert np.isfinite(dark["Teff[K]"]) and dark["flag"] == 0 and "low_snr" in dark["status"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Input identity and hard-to-break runs (issue 14)
+
+
+def _paths(path) -> list[bytes]:
+    from lamost_rrnet.identity import unescape_path
+
+    return sorted(unescape_path(p) for p in _read(path)["path"])
+
+
+def test_undecodable_names_are_ordinary_rows(ensemble, spectra, tmp_path):
+    """Linux names are bytes: one that is not UTF-8 gets a row, its path kept exactly."""
+    from lamost_rrnet.identity import escape_path
+
+    root = tmp_path / "in"
+    good = write_file(root / os.fsdecode(b"caf\xe9-\xff.fits"), 7, 7)
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"# bytes, not UTF-8\n" + os.fsencode(good) + b"\n" + b"gone-\xfe.fits\n")
+    out = tmp_path / "cat.fits"
+    summary = predict_files([root], list_file=listing, model=ensemble, output=out, workers=0)
+    assert summary.rows == 2 and summary.repeated == 1  # the directory and the list name it
+    table = _read(out)
+    rows = {r["filename"]: r for r in table}
+    assert set(rows) == {"caf\\xe9-\\xff.fits", "gone-\\xfe.fits"}
+    assert rows["caf\\xe9-\\xff.fits"]["flag"] == 1
+    assert rows["gone-\\xfe.fits"]["status"] == "not_found"
+    assert _paths(out) == sorted([os.fsencode(good), b"gone-\xfe.fits"])
+    assert escape_path(os.fsencode(good)) in set(table["path"])
+
+
+def test_same_base_name_in_two_directories_are_two_inputs(ensemble, spectra, tmp_path):
+    a = write_file(tmp_path / "a" / "x.fits", 1, 1)
+    b = write_file(tmp_path / "b" / "x.fits", 2, 2)
+    out = tmp_path / "cat.parquet"
+    kw = {"model": ensemble, "output": out, "workers": 0}
+    predict_files([a], **kw)
+    summary = predict_files([a, b], resume=True, **kw)
+    assert (summary.skipped_files, summary.rows) == (1, 1)
+    assert sorted(_read(out)["obsid"]) == [1, 2]
+    assert _paths(out) == sorted([os.fsencode(a), os.fsencode(b)])
+
+
+def test_each_input_is_taken_once_but_links_are_other_inputs(ensemble, spectra, tmp_path):
+    a = spectra / "a-1.fits.gz"
+    link = tmp_path / "link.fits.gz"
+    link.symlink_to(a)
+    hard = tmp_path / "hard.fits.gz"
+    os.link(a, hard)
+    table_and_summary = predict_files(
+        [spectra, a, f"{spectra}/./a-1.fits.gz", str(spectra / "**" / "*.fits*"), link, hard],
+        model=ensemble,
+        catalogue=spectra / "rv.csv",
+        output=tmp_path / "cat.csv",
+        workers=0,
+    )
+    assert table_and_summary.rows == 5 and table_and_summary.repeated == 5
+    names = sorted(_read(tmp_path / "cat.csv")["filename"])
+    assert names == ["a-1.fits.gz", "b-2.fits.gz", "c-3.fits", "hard.fits.gz", "link.fits.gz"]
+
+
+def test_header_values_are_checked():
+    from lamost_rrnet.predict import header_values
+
+    good = header_values({"OBSID": 5, "RA": 359.5, "DEC": -89.0})
+    assert (good.obsid, good.ra, good.dec, good.unusable) == (5, 359.5, -89.0, ())
+    assert header_values({"OBSID": "12", "RA": "1.5"}).obsid == 12
+    missing = header_values({})
+    assert missing.obsid == -1 and np.isnan(missing.ra) and missing.unusable == ()
+    for bad in (
+        {"OBSID": 2**64},
+        {"OBSID": -3},
+        {"OBSID": "x1"},
+        {"OBSID": 1.5},
+        {"OBSID": True},
+        {"RA": float("inf")},
+        {"RA": "nan"},
+        {"RA": 400.0},
+        {"RA": 10**400},
+        {"DEC": -90.5},
+        {"DEC": "12:30:00"},
+        {"DEC": None},
+    ):
+        values = header_values(bad)
+        assert values.unusable == tuple(bad), bad
+        assert values.obsid == -1 and np.isnan(values.ra) and np.isnan(values.dec)
+
+
+def test_unusable_header_cards_give_bad_header_rows(ensemble, tmp_path):
+    """No header value may abort a run: an OBSID beyond int64 once did (OverflowError)."""
+    rng = np.random.default_rng(0)
+    arms = [_arm("COADD_B", BLUE, rng), _arm("COADD_R", RED, rng)]
+    write_mrs(tmp_path / "big-obsid.fits", {"OBSID": 2**64, "RA": 10.0, "DEC": 5.0}, arms)
+    write_mrs(tmp_path / "bad-radec.fits", {"OBSID": 9, "RA": "inf", "DEC": -100.0}, arms)
+    negative = [_arm("COADD_B", BLUE, rng, snr=-5.0), _arm("COADD_R", RED, rng)]
+    write_mrs(tmp_path / "bad-snr.fits", {"OBSID": 10, "RA": 1.0, "DEC": 2.0}, negative)
+    nan_arm = _arm("COADD_B", BLUE, rng)
+    nan_arm.flux[:] = np.nan
+    write_mrs(tmp_path / "both.fits", {"OBSID": "abc"}, [nan_arm, arms[1]])
+    write_file(tmp_path / "good.fits", 11, 3)
+    out = tmp_path / "cat.fits"
+    summary = predict_files([tmp_path], model=ensemble, output=out, workers=0)
+    assert summary.rows == 5
+    rows = {r["filename"]: r for r in fits.getdata(out, 1)}
+    for name in ("big-obsid.fits", "bad-radec.fits", "bad-snr.fits"):
+        row = rows[name]
+        assert "bad_header" in row["status"] and row["flag"] == 0, name
+        assert np.isfinite(row["Teff[K]"]), name  # the spectrum is fine: labels
+    assert rows["big-obsid.fits"]["obsid"] == -1 and rows["big-obsid.fits"]["ra"] == 10.0
+    assert rows["bad-radec.fits"]["obsid"] == 9 and np.isnan(rows["bad-radec.fits"]["ra"])
+    assert np.isnan(rows["bad-radec.fits"]["dec"]) and np.isnan(rows["bad-snr.fits"]["snr_blue"])
+    assert rows["both.fits"]["status"] == "bad_arm,bad_header" and rows["both.fits"]["obsid"] == -1
+    assert rows["good.fits"]["status"] == "" and rows["good.fits"]["flag"] == 1
+
+
+def test_a_reader_error_may_carry_its_own_status(ensemble, spectra, monkeypatch):
+    from lamost_rrnet.errors import SpectrumError
+
+    class TooBig(SpectrumError):
+        status = "too_large"
+
+    def refuse(path, extensions=None):
+        raise TooBig(f"{path}: over the cap")
+
+    monkeypatch.setattr("lamost_rrnet.predict.read_mrs", refuse)
+    table = predict_files([spectra / "sub" / "deeper" / "c-3.fits"], model=ensemble, workers=0)
+    assert list(table["status"]) == ["too_large"] and table["flag"][0] == 0
+
+
+def test_fifos_are_skipped_and_unlistable_directories_warned(
+    run_cli, model_dir, spectra, tmp_path, monkeypatch
+):
+    """A FIFO named *.fits is never opened (opening one blocks until a writer comes)."""
+    root = tmp_path / "in"
+    root.mkdir()
+    os.mkfifo(root / "pipe.fits")
+    os.mkfifo(tmp_path / "named.fits")
+    (root / "dir.fits").symlink_to(spectra / "sub")  # a symlink to a directory
+    write_file(root / "locked" / "x.fits", 1, 1)
+    write_file(root / "ok.fits", 2, 2)
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if isinstance(path, str) and os.path.basename(path) == "locked":
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr("lamost_rrnet.predict.os.scandir", scandir)
+    signal.alarm(120)  # a hang fails the test instead of the whole run
+    try:
+        summary = predict_files([root, tmp_path / "named.fits"], model=model_dir, workers=0)
+        code, out, err = run_cli(
+            "predict", root, tmp_path / "named.fits", "--model", model_dir, "--workers", "0"
+        )
+    finally:
+        signal.alarm(0)
+    assert len(summary) == 1 and summary["filename"][0] == "ok.fits"
+    assert code == 0 and len(out.splitlines()) == 2
+    assert "pipe.fits: not a regular file" in err and "dir.fits: a directory" in err
+    assert "named.fits: not a regular file" in err
+    assert "locked: cannot be listed (Permission denied): skipped" in err
+    assert "3 inputs skipped: not regular files" in err
+    assert "1 directories skipped" in err
+
+
+def test_resume_never_loses_the_rows_of_a_finished_output(ensemble, spectra, monkeypatch, tmp_path):
+    """A kill while the output's rows are copied into the journal, or while the journal is
+    removed after assembly, must leave nothing that a later --resume takes for the whole."""
+    import shutil
+
+    import lamost_rrnet.catalog as catalog
+
+    out = tmp_path / "cat.fits"
+    kw = {"model": ensemble, "catalogue": spectra / "rv.csv", "output": out, "workers": 0}
+    predict_files([spectra], **kw)
+    monkeypatch.setattr(catalog, "_IMPORT_ROWS", 1)
+    append = catalog.Journal.append
+    calls = []
+
+    def killed_on_second(self, table):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as SIGKILL would, mid-copy
+        append(self, table)
+
+    monkeypatch.setattr(catalog.Journal, "append", killed_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        predict_files([spectra], resume=True, **kw)
+    monkeypatch.setattr(catalog.Journal, "append", append)
+    new = write_file(tmp_path / "new.fits", 104, 4)
+    summary = predict_files([spectra, new], resume=True, **kw)
+    assert (summary.skipped_files, summary.rows) == (3, 1)
+    assert sorted(_read(out)["obsid"]) == [101, 102, 103, 104]
+
+    # Killed half-way through removing the assembled journal: the next run must not
+    # resume from what is left of it.
+    rmtree = shutil.rmtree
+
+    def half_removed(path, *args, **kwargs):
+        chunks = sorted(Path(path).glob("chunk-*.parquet"))
+        if chunks:
+            chunks[0].unlink()
+            raise KeyboardInterrupt
+        rmtree(path, *args, **kwargs)
+
+    newer = write_file(tmp_path / "newer.fits", 105, 5)
+    monkeypatch.setattr(catalog.shutil, "rmtree", half_removed)
+    monkeypatch.setattr(catalog, "_IMPORT_ROWS", 65536)
+    with pytest.raises(KeyboardInterrupt):
+        predict_files([newer], resume=True, batch_size=1, **kw)
+    monkeypatch.setattr(catalog.shutil, "rmtree", rmtree)
+    predict_files([spectra, new, newer], resume=True, **kw)
+    assert sorted(_read(out)["obsid"]) == [101, 102, 103, 104, 105]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".cat.fits")] == []
+
+
+def test_leftovers_of_a_killed_assembly_are_removed(ensemble, spectra, tmp_path):
+    import tempfile
+
+    out = tmp_path / "cat.fits"
+    kw = {"model": ensemble, "output": out, "workers": 0}
+    predict_files([spectra / "sub" / "deeper" / "c-3.fits"], **kw)
+    # what atomic_path leaves when killed: its temporary file, named as mkstemp names it
+    fd, left = tempfile.mkstemp(prefix=".cat.fits.", suffix=".part", dir=tmp_path)
+    os.close(fd)
+    (tmp_path / ".cat.fits.journal-old.part").mkdir()
+    fd, other = tempfile.mkstemp(prefix=".cat.fits.fits.", suffix=".part", dir=tmp_path)
+    os.close(fd)  # another output's (cat.fits.fits): not ours to remove
+    predict_files([spectra / "sub" / "deeper" / "c-3.fits"], resume=True, **kw)
+    assert not os.path.exists(left) and not (tmp_path / ".cat.fits.journal-old.part").exists()
+    assert os.path.exists(other)
+
+
+def test_resume_checks_the_settings_of_a_finished_output(run_cli, ensemble, spectra, tmp_path):
+    from lamost_rrnet.catalog import FlagRule
+
+    for suffix in (".fits", ".parquet"):
+        out = tmp_path / f"cat{suffix}"
+        kw = {"catalogue": spectra / "rv.csv", "output": out, "workers": 0, "resume": True}
+        predict_files([spectra / "sub" / "deeper" / "c-3.fits"], model=ensemble, **kw)
+        other = tiny_ensemble()
+        other.name = "other"
+        with pytest.raises(OutputExistsError, match="another model"):
+            predict_files([spectra], model=other, **kw)
+        with pytest.raises(OutputExistsError, match="another exposures"):
+            predict_files([spectra], model=ensemble, exposures=True, **kw)
+        with pytest.raises(OutputExistsError, match="another flag"):
+            predict_files([spectra], model=ensemble, flag_rule=FlagRule(min_snr=5.0), **kw)
+        assert predict_files([spectra], model=ensemble, **kw).rows == 2
+        assert len(_read(out)) == 3
+
+
+def test_resume_refuses_a_finished_csv_and_an_old_output(run_cli, model_dir, spectra, tmp_path):
+    import pyarrow.parquet as pq
+
+    common = ("--model", model_dir, "--workers", "0", "--quiet")
+    out = tmp_path / "cat.csv"
+    assert run_cli("predict", spectra / "sub" / "deeper" / "c-3.fits", "-o", out, *common)[0] == 0
+    code, _, err = run_cli("predict", spectra, "-o", out, "--resume", *common)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "CSV" in err and ".fits or .parquet" in err
+    old = tmp_path / "old.parquet"
+    assert run_cli("predict", spectra / "sub" / "deeper" / "c-3.fits", "-o", old, *common)[0] == 0
+    table = pq.read_table(old)
+    pq.write_table(table.drop_columns(["path"]), old)  # as written before the path column
+    code, _, err = run_cli("predict", spectra, "-o", old, "--resume", *common)
+    assert code == 1 and "before catalogues had a path column" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_csv_run_resumes_from_its_journal(ensemble, spectra, tmp_path, monkeypatch):
+    import lamost_rrnet.predict as predict
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(10):  # two tasks of up to 8 files, each its own chunk
+        (inputs / f"s{i}.fits").symlink_to(spectra / "sub" / "deeper" / "c-3.fits")
+    out = tmp_path / "cat.csv"
+    rows = predict._catalogue_rows
+    calls = []
+
+    def killed_on_second(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return rows(*args)
+
+    monkeypatch.setattr(predict, "_catalogue_rows", killed_on_second)
+    kw = {"model": ensemble, "output": out, "workers": 0, "batch_size": 1}
+    with pytest.raises(KeyboardInterrupt):
+        predict_files([inputs], **kw)
+    monkeypatch.setattr(predict, "_catalogue_rows", rows)
+    summary = predict_files([inputs], resume=True, **kw)
+    assert (summary.skipped_files, summary.rows) == (8, 2)
+    assert sorted(_read(out)["filename"]) == [f"s{i}.fits" for i in range(10)]
+
+
+def test_non_ascii_model_names_are_escaped_in_the_output(spectra, tmp_path):
+    from lamost_rrnet.identity import unescape_path
+
+    named = tiny_ensemble()
+    named.name = "tïny ★"
+    out = tmp_path / "cat.fits"
+    kw = {"model": named, "output": out, "workers": 0}
+    predict_files([spectra / "sub" / "deeper" / "c-3.fits"], **kw)
+    with fits.open(out) as hdul:
+        assert unescape_path(hdul[0].header["MODEL"]).decode() == "tïny ★"
+    assert unescape_path(_read(out)["model"][0]).decode() == "tïny ★@1"
+    assert predict_files([spectra], resume=True, **kw).rows == 2

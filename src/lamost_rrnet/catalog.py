@@ -1,17 +1,21 @@
 """The ``predict`` catalogue: its columns, the flag rule, and streaming, resumable writers.
 
-The columns are the paper's Table 3 followed by ``rv``, ``rv_source``, ``status`` and ``model``
-(docs/catalogue.md). Rows arrive in chunks. Each chunk is written atomically as a Parquet file
-into a journal directory beside the output (``<output>.journal/``), so a run killed at any
-moment, SIGKILL included, keeps every finished chunk, and a resumed run reads the journal to skip
-what is done. At the end the journal is assembled into the output in one atomic move and removed.
+The columns are the paper's Table 3 followed by ``rv``, ``rv_source``, ``status``, ``model``
+and ``path``, the input's identity (docs/catalogue.md). Rows arrive in chunks. Each chunk is
+written atomically as a Parquet file into a journal directory beside the output
+(``<output>.journal/``), so a run killed at any moment, SIGKILL included, keeps every finished
+chunk, and a resumed run reads the journal's paths to skip what is done. A journal appears
+under its name only complete, and is renamed away before it is deleted, so no kill leaves a
+partial journal to resume from. At the end the journal is assembled into the output in one
+atomic move.
 """
 
 from __future__ import annotations
 
-import hashlib
+import glob
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +31,7 @@ import pyarrow.parquet as pq
 from lamost_rrnet import labels as label_info
 from lamost_rrnet.atomic import atomic_path
 from lamost_rrnet.errors import CatalogueError, OutputExistsError
+from lamost_rrnet.identity import escape_path, text_hashes, unescape_path
 
 META_COLUMNS = (
     "obsid",
@@ -38,21 +43,23 @@ META_COLUMNS = (
     "snr_blue",
     "snr_red",
 )
-EXTRA_COLUMNS = ("rv", "rv_source", "status", "model")
-KEY_COLUMNS = ("filename", "extname_blue", "extname_red")
+EXTRA_COLUMNS = ("rv", "rv_source", "status", "model", "path")
+KEY_COLUMNS = ("path", "extname_blue", "extname_red")
 FORMATS = {".fits": "fits", ".fit": "fits", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 JOURNAL_SUFFIX = ".journal"
-_JOURNAL_VERSION = 1
+_JOURNAL_VERSION = 2  # 2: rows carry their input's path, the resume key
 _IMPORT_ROWS = 65536
 
 # Bits of the flag rule; the status text of a predicted row names the bits that are set.
-LOW_SNR, OUTLIERS, OUT_OF_RANGE, HIGH_SIGMA, NAN_LABEL = 1, 2, 4, 8, 16
+# BAD_HEADER is not the flag rule's: predict sets it for a header card it could not use.
+LOW_SNR, OUTLIERS, OUT_OF_RANGE, HIGH_SIGMA, NAN_LABEL, BAD_HEADER = 1, 2, 4, 8, 16, 32
 REASONS = {
     LOW_SNR: "low_snr",
     OUTLIERS: "outliers",
     OUT_OF_RANGE: "out_of_range",
     HIGH_SIGMA: "high_sigma",
     NAN_LABEL: "nan_label",
+    BAD_HEADER: "bad_header",
 }
 
 
@@ -91,7 +98,7 @@ class CatalogueSchema:
     def columns(self) -> tuple[Column, ...]:
         cols = [
             Column("obsid", "int64", "", "LAMOST observation id (-1 when unknown)"),
-            Column("filename", "str", "", "file name of the spectrum"),
+            Column("filename", "str", "", "file name of the spectrum (escaped like path)"),
             Column("ra", "float64", "deg", "right ascension (J2000) from the file header"),
             Column("dec", "float64", "deg", "declination (J2000) from the file header"),
             Column("extname_blue", "str", "", "extension of the blue arm"),
@@ -108,7 +115,8 @@ class CatalogueSchema:
             Column("rv", "float64", "km/s", "radial velocity used for the rest frame"),
             Column("rv_source", "str", "", "catalogue or ccf (cross-correlation)"),
             Column("status", "str", "", "empty when fine, else why flagged or failed"),
-            Column("model", "str", "", "model name@version"),
+            Column("model", "str", "", "model name@version (escaped like path)"),
+            Column("path", "str", "", "the input path as given, normalized, escaped"),
         ]
         return tuple(cols)
 
@@ -224,25 +232,6 @@ def status_text(bits: np.ndarray) -> list[str]:
     return out
 
 
-def name_hashes(names: Iterable[str]) -> np.ndarray:
-    """64-bit hashes of strings, for compact membership tests over millions of names."""
-    return np.fromiter(
-        (
-            int.from_bytes(hashlib.blake2b(n.encode(), digest_size=8).digest(), "little")
-            for n in names
-        ),
-        dtype=np.uint64,
-    )
-
-
-def contains(sorted_hashes: np.ndarray, hashes: np.ndarray) -> np.ndarray:
-    """Which ``hashes`` are in the sorted array ``sorted_hashes``."""
-    if sorted_hashes.size == 0:
-        return np.zeros(hashes.shape, bool)
-    pos = np.clip(np.searchsorted(sorted_hashes, hashes), 0, sorted_hashes.size - 1)
-    return sorted_hashes[pos] == hashes
-
-
 def output_format(path: str | os.PathLike[str]) -> str:
     """``fits``, ``csv`` or ``parquet`` from the output name; ``-`` is CSV on stdout."""
     if str(path) == "-":
@@ -300,10 +289,25 @@ def _fits_headers(
             hdr.set(f"TUNIT{i}", c.unit, after=after)
             after = f"TUNIT{i}"
         hdr.set(f"TCOMM{i}", c.description, after=after)
+    return _primary_header(header) + hdr.tostring().encode("ascii")
+
+
+def _primary_header(header: Mapping[str, object]) -> bytes:
+    from astropy.io import fits
+
     primary = fits.PrimaryHDU()
     for key, value in header.items():
         primary.header[key] = value
-    return primary.header.tostring().encode("ascii") + hdr.tostring().encode("ascii")
+    return primary.header.tostring().encode("ascii")
+
+
+def check_header(header: Mapping[str, object]) -> None:
+    """Raise :class:`CatalogueError` now if ``header`` cannot be written to a FITS catalogue,
+    rather than after every prediction is made."""
+    try:
+        _primary_header(header)
+    except (ValueError, TypeError, UnicodeError) as exc:
+        raise CatalogueError(f"a catalogue header value cannot go into FITS: {exc}") from exc
 
 
 def _records(batch: pa.Table, dtype: np.dtype) -> bytes:
@@ -433,6 +437,75 @@ def _check_columns(path: str | os.PathLike[str], names: Sequence[str], schema: C
 
 
 # ---------------------------------------------------------------------------------------------
+# Resuming from a finished output
+
+
+def _columns_of(path: str | os.PathLike[str]) -> list[str]:
+    fmt = output_format(path)
+    if fmt == "parquet":
+        return list(pq.read_schema(path).names)
+    from astropy.io import fits
+
+    with fits.open(path, memmap=True) as hdul:
+        if len(hdul) < 2 or not isinstance(hdul[1], fits.BinTableHDU):
+            raise CatalogueError(f"{path}: no catalogue table in extension 1")
+        return list(hdul[1].columns.names)
+
+
+def _header_of(path: str | os.PathLike[str]) -> dict[str, object]:
+    if output_format(path) == "parquet":
+        meta = pq.read_schema(path).metadata or {}
+        return json.loads(meta.get(b"lamost_rrnet", b"{}"))
+    from astropy.io import fits
+
+    return dict(fits.getheader(path, 0))
+
+
+def recorded_run(path: str | os.PathLike[str]) -> dict[str, object]:
+    """The model, ``exposures`` and flag rule a finished FITS or Parquet catalogue was made
+    with, as in a journal's ``run``; CatalogueError if it does not record them."""
+    header = _header_of(path)
+    keys = ("MODEL", "MODELVER", "EXPOSURE", *FlagRule().header())
+    missing = [k for k in keys if k not in header]
+    if missing:
+        raise CatalogueError(f"{path}: its header lacks {', '.join(missing)}")
+    model = unescape_path(str(header["MODEL"])) + b"@" + unescape_path(str(header["MODELVER"]))
+    flag = dict(zip(FlagRule.__dataclass_fields__, (header[k] for k in keys[3:]), strict=True))
+    return {"model": escape_path(model), "exposures": bool(header["EXPOSURE"]), "flag": flag}
+
+
+def check_resumable(
+    output: str | os.PathLike[str], schema: CatalogueSchema, run: Mapping[str, object]
+) -> None:
+    """Raise unless the finished ``output`` can take more rows of this ``run``: CSV records no
+    settings, an output from before the ``path`` column cannot tell its inputs apart, and one
+    made by another model, ``exposures`` or flag rule would mix two runs."""
+    if output_format(output) == "csv":
+        raise OutputExistsError(
+            f"{output}: a finished CSV catalogue does not record its model and options, so "
+            "--resume cannot check them: write .fits or .parquet to add to a catalogue later, "
+            "or use --overwrite"
+        )
+    try:
+        names = _columns_of(output)
+        if "path" not in names:
+            raise OutputExistsError(
+                f"{output}: written before catalogues had a path column, so --resume cannot "
+                "tell which inputs it holds: use --overwrite or a new output"
+            )
+        _check_columns(output, names, schema)
+        recorded = recorded_run(output)
+    except (OSError, ValueError) as exc:
+        raise CatalogueError(f"{output}: not a readable catalogue ({exc})") from exc
+    for key, value in recorded.items():
+        if value != run.get(key):
+            raise OutputExistsError(
+                f"{output}: made with another {key} ({value!r}, now {run.get(key)!r}): "
+                "use --overwrite or a new output"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
 # The journal
 
 
@@ -440,6 +513,38 @@ def journal_dir(output: str | os.PathLike[str]) -> Path:
     """Where the chunks of a run writing ``output`` are kept until it is assembled."""
     output = Path(output)
     return output.with_name(output.name + JOURNAL_SUFFIX)
+
+
+def _building_dir(output: Path) -> Path:
+    """Where a new journal is made, to appear under its own name complete (a rename)."""
+    return output.with_name(f".{output.name}.journal-new.part")
+
+
+def _removing_dir(output: Path) -> Path:
+    """Where an assembled journal goes to be removed: a kill half-way through removing leaves
+    no partial journal for a resumed run to mistake for the whole."""
+    return output.with_name(f".{output.name}.journal-old.part")
+
+
+def remove_leftovers(output: str | os.PathLike[str]) -> list[Path]:
+    """Remove what a killed run left beside ``output``: a half-written output file (``.part``),
+    a half-built or half-removed journal; the paths removed. Call only while holding the
+    output's lock."""
+    output = Path(output)
+    # atomic_path's temporary names: "." + name + "." + 8 random [a-z0-9_] + ".part"
+    pattern = re.compile(re.escape(f".{output.name}.") + r"[a-z0-9_]{8}\.part\Z")
+    removed = []
+    for directory in (_building_dir(output), _removing_dir(output)):
+        if directory.exists():
+            shutil.rmtree(directory)
+            removed.append(directory)
+    parent = output.parent if str(output.parent) else Path(".")
+    if parent.is_dir():
+        for entry in parent.glob(f".{glob.escape(output.name)}.*.part"):
+            if pattern.match(entry.name) and entry.is_file():
+                entry.unlink(missing_ok=True)
+                removed.append(entry)
+    return removed
 
 
 def refuse_existing(
@@ -464,8 +569,8 @@ def refuse_existing(
 class Journal:
     """The finished chunks of one run, each an atomically written Parquet file.
 
-    All rows of one input file go into the same chunk, so a file name in the journal means the
-    file is done. ``run`` (model, columns, options) must match for a run to be resumed.
+    All rows of one input go into the same chunk, so an input's ``path`` in the journal means
+    it is done. ``run`` (model, columns, options) must match for a run to be resumed.
     """
 
     def __init__(self, directory: Path, schema: CatalogueSchema, run: Mapping[str, object]):
@@ -489,27 +594,38 @@ class Journal:
         Without ``resume`` or ``overwrite`` an existing output or unfinished journal raises
         :class:`OutputExistsError`. ``overwrite`` discards an old journal (the old output is
         replaced only when the new one is complete). ``resume`` continues a journal, or, when
-        only a finished output exists, starts one from its rows.
+        only a finished output exists, starts one from its rows (:func:`check_resumable`).
         """
         output = Path(output)
         directory = journal_dir(output)
         refuse_existing(output, resume=resume, overwrite=overwrite)
+        remove_leftovers(output)
         if overwrite and directory.exists():
             shutil.rmtree(directory)
-        journal = cls(directory, schema, run)
         if directory.exists():
+            journal = cls(directory, schema, run)
             journal._check_run()
             for stale in directory.glob(".*.part"):  # a chunk in flight when the run was killed
                 stale.unlink(missing_ok=True)
             return journal
-        directory.mkdir(parents=True)
-        with atomic_path(directory / "run.json") as tmp:
+        importing = resume and output.exists()
+        if importing:
+            check_resumable(output, schema, run)
+        # The journal appears under its name only complete, its copy of the output's rows
+        # included: a run killed while copying leaves a scratch directory, removed next time,
+        # and never a journal that lacks rows the output holds.
+        building = _building_dir(output)
+        building.mkdir(parents=True)
+        journal = cls(building, schema, run)
+        with atomic_path(building / "run.json") as tmp:
             tmp.write_text(json.dumps(journal.run, indent=1))
-        if resume and output.exists():
+        if importing:
             # The journal holds the whole truth: if killed between the output's move into place
             # and the journal's removal, the journal is simply assembled again.
             for batch in read_batches(output, schema):
                 journal.append(batch)
+        os.replace(building, directory)
+        journal.directory = directory
         return journal
 
     def _check_run(self) -> None:
@@ -517,6 +633,11 @@ class Journal:
             previous = json.loads((self.directory / "run.json").read_text())
         except (OSError, ValueError) as exc:
             raise CatalogueError(f"{self.directory}: not a readable journal ({exc})") from exc
+        if previous.get("journal_version") != _JOURNAL_VERSION:
+            raise OutputExistsError(
+                f"{self.directory}: written by an older lamost-rrnet, whose rows lack their "
+                "input's path: use --overwrite to start again"
+            )
         for key in sorted(set(previous) | set(self.run)):
             if key in ("created",):
                 continue
@@ -542,12 +663,13 @@ class Journal:
             pq.write_table(table, tmp)
         self._next += 1
 
-    def done_files(self) -> np.ndarray:
-        """Sorted unique hashes (:func:`name_hashes`) of the file names already written."""
+    def done_inputs(self) -> np.ndarray:
+        """Sorted unique hashes (:func:`~lamost_rrnet.identity.text_hashes`) of the ``path``
+        of every input already written."""
         parts = [np.empty(0, np.uint64)]
         for chunk in self.chunks():
-            names = pq.read_table(chunk, columns=["filename"])["filename"].to_pylist()
-            parts.append(np.unique(name_hashes(names)))
+            paths = pq.read_table(chunk, columns=["path"])["path"].to_pylist()
+            parts.append(np.unique(text_hashes(paths)))
         return np.unique(np.concatenate(parts))
 
     def n_rows(self) -> int:
@@ -566,5 +688,7 @@ class Journal:
             for name, width in json.loads(meta.metadata[b"widths"]).items():
                 widths[name] = max(widths.get(name, 0), width)
         write_catalogue(output, self.schema, self.batches(), n_rows, widths, header)
-        shutil.rmtree(self.directory)
+        removing = _removing_dir(Path(output))
+        os.replace(self.directory, removing)
+        shutil.rmtree(removing)
         return n_rows

@@ -1,6 +1,7 @@
 """The ``predict`` job: LAMOST MRS files in, the documented catalogue out.
 
-Input paths are streamed as plain strings and cut into small tasks. Worker processes read each
+Input paths are streamed as plain strings, each input taken once (by its identity,
+:mod:`lamost_rrnet.identity`), and cut into small tasks. Worker processes read each
 file, take the RV (catalogue or cross-correlation), resample each spectrum onto the model's grid
 and normalize the task's spectra in one batch. The main process runs the ensemble on batches of
 normalized spectra, applies the flag rule, and hands each finished batch to a writer: the
@@ -16,10 +17,11 @@ import functools
 import glob
 import multiprocessing
 import os
+import stat
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
@@ -31,19 +33,29 @@ from rich.markup import escape
 
 from lamost_rrnet._version import __version__
 from lamost_rrnet.catalog import (
+    BAD_HEADER,
     META_COLUMNS,
+    REASONS,
     CatalogueSchema,
     CsvStream,
     FlagRule,
     Journal,
-    contains,
-    name_hashes,
+    check_header,
     output_format,
     refuse_existing,
     status_text,
 )
 from lamost_rrnet.devices import torch_threads
 from lamost_rrnet.errors import CatalogueError, CoverageError, RRNetError, SpectrumError
+from lamost_rrnet.identity import (
+    HashSet,
+    contains,
+    escape_path,
+    escape_text,
+    input_identity,
+    path_text,
+    text_hashes,
+)
 from lamost_rrnet.locking import exclusive
 from lamost_rrnet.progress import make_progress, stderr_console
 from lamost_rrnet.spectra.io import COADD_BLUE, COADD_RED, read_mrs
@@ -63,6 +75,10 @@ NO_RV = "no_rv"
 NO_COVERAGE = "no_coverage"
 NONFINITE = "nonfinite"
 ERROR = "error"
+# Not a failure: a header card the catalogue uses (OBSID, RA, DEC, SNR) is unusable. Its column
+# gets the sentinel (-1, NaN), labels are still predicted, and flag is 0.
+BAD_HEADER_STATUS = REASONS[BAD_HEADER]
+_INT64_MAX = 2**63 - 1
 
 
 def _cores() -> int:
@@ -94,48 +110,77 @@ def _has_magic(path: str) -> bool:
     return any(c in path for c in "*?[")
 
 
-def _walk(top: str) -> Iterator[str]:
-    """Files named *.fits or *.fits.gz under ``top``, streamed; symlinked directories skipped."""
+def _walk(top: str, on_error: Callable[[str], None] | None) -> Iterator[str]:
+    """Files named *.fits or *.fits.gz under ``top``, streamed; symlinked directories skipped.
+
+    A directory that cannot be listed is reported to ``on_error`` and skipped.
+    """
     stack = [top]
     while stack:
+        where = stack.pop()
         subdirs = []
-        with os.scandir(stack.pop()) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    subdirs.append(entry.path)
-                elif entry.name.lower().endswith(INPUT_SUFFIXES):
-                    yield entry.path
+        try:
+            with os.scandir(where) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirs.append(entry.path)
+                    elif entry.name.lower().endswith(INPUT_SUFFIXES):
+                        yield entry.path
+        except OSError as exc:
+            if on_error is not None:
+                on_error(f"{escape_text(where)}: cannot be listed ({exc.strerror or exc}): skipped")
         stack.extend(sorted(subdirs, reverse=True))
 
 
 def iter_input_paths(
-    paths: Iterable[str | os.PathLike[str]] = (), list_file: str | os.PathLike[str] | None = None
+    paths: Iterable[str | bytes | os.PathLike] = (),
+    list_file: str | os.PathLike[str] | None = None,
+    on_error: Callable[[str], None] | None = None,
 ) -> Iterator[str]:
-    """Every input file, lazily, as a plain string.
+    """Every input file, lazily, as a plain string (undecodable bytes as surrogates).
 
     Files are taken as named; directories are searched recursively for ``*.fits`` and
     ``*.fits.gz``; glob patterns are expanded (``**`` recursive). ``list_file`` holds one path per
-    line (blank lines and ``#`` comments skipped). Nothing is collected, so tens of millions of
-    paths cost no memory.
+    line, read as bytes (blank lines and ``#`` comments skipped, surrounding white space
+    stripped). Directories that cannot be listed go to ``on_error`` as one-line messages.
+    Nothing is collected, so tens of millions of paths cost no memory.
     """
     for item in paths:
-        path = os.fspath(item)
+        path = os.fsdecode(item)
         if os.path.isdir(path):
-            yield from _walk(path)
+            yield from _walk(path, on_error)
         elif _has_magic(path) and not os.path.exists(path):
             for match in glob.iglob(path, recursive=True):
                 if os.path.isdir(match):
-                    yield from _walk(match)
+                    yield from _walk(match, on_error)
                 else:
                     yield match
         else:
             yield path
     if list_file is not None:
-        with open(list_file, encoding="utf-8") as lines:
+        with open(list_file, "rb") as lines:
             for line in lines:
                 line = line.strip()
-                if line and not line.startswith("#"):
-                    yield line
+                if line and not line.startswith(b"#"):
+                    yield os.fsdecode(line)
+
+
+@dataclass(frozen=True)
+class InputSelection:
+    """What to do with each input of a block: bool arrays, one value per input."""
+
+    take: np.ndarray  # the first time this run meets the input, and not yet in the output
+    done: np.ndarray  # already in the output (resume)
+    repeated: np.ndarray  # met before in this run, not done
+
+
+def select_inputs(block: Sequence[str], seen: HashSet, done: np.ndarray) -> InputSelection:
+    """Split a block of input paths by identity: new, done (``done``: sorted hashes of the
+    output's paths) or repeated (``seen``: this run's inputs so far, updated here)."""
+    hashes = text_hashes(path_text(p) for p in block)
+    in_output = contains(done, hashes)
+    new = seen.add(hashes)
+    return InputSelection(new & ~in_output, in_output, ~new & ~in_output)
 
 
 def _chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -232,7 +277,7 @@ class RVTable:
         arrays = _rv_arrays(self.directory)
         for keys, values, key in (
             (arrays[0], arrays[1], np.int64(obsid)),
-            (arrays[2], arrays[3], name_hashes([_basename_key(filename)])[0]),
+            (arrays[2], arrays[3], text_hashes([_basename_key(filename)])[0]),
         ):
             if keys.size:
                 i = int(np.searchsorted(keys, key))
@@ -295,7 +340,7 @@ def load_rv_table(path: str | os.PathLike[str], rv_column: str | None, directory
                 parts["obsid_rv"].append(rv[ok])
             if name_col:
                 names_ = [_basename_key(str(n)) for n in np.asarray(batch[name_col])[good]]
-                parts["name"].append(name_hashes(names_))
+                parts["name"].append(text_hashes(names_))
                 parts["name_rv"].append(rv[good])
     except (OSError, ValueError, KeyError) as exc:
         raise CatalogueError(f"{path}: cannot read columns {read} ({exc})") from exc
@@ -315,7 +360,10 @@ def load_rv_table(path: str | os.PathLike[str], rv_column: str | None, directory
 # Worker side: files to normalized spectra
 
 
-_ROW_FIELDS = (*META_COLUMNS, "rv", "rv_source", "status", "n_outliers", "max_run")
+_ROW_FIELDS = (
+    *META_COLUMNS,
+    *("rv", "rv_source", "status", "path", "n_outliers", "max_run", "bad_header"),
+)
 
 
 @dataclass(frozen=True)
@@ -330,6 +378,7 @@ class _Rows:
     """The rows of one task: metadata lists, outlier statistics and the normalized spectra."""
 
     files: int = 0
+    skipped: list[str] = field(default_factory=list)  # inputs that are not regular files: why
     meta: dict[str, list] = field(default_factory=lambda: {k: [] for k in _ROW_FIELDS})
     flux: np.ndarray | None = None  # (k, n_pixels) float32, the rows whose status is ""
     flux_rows: np.ndarray | None = None  # their row numbers
@@ -368,15 +417,95 @@ def _read_failure(path: str, job: _Job) -> str:
     return MISSING_EXTENSION
 
 
+@dataclass(frozen=True)
+class HeaderValues:
+    """The primary-header values the catalogue uses, checked: sentinels where unusable."""
+
+    obsid: int = -1
+    ra: float = float("nan")
+    dec: float = float("nan")
+    unusable: tuple[str, ...] = ()  # the cards present but out of range or not numbers
+
+
+def _obsid(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            return None
+    elif isinstance(value, float):
+        if not value.is_integer():
+            return None
+        value = int(value)
+    elif not isinstance(value, int):
+        return None
+    return value if 0 <= value <= _INT64_MAX else None
+
+
+def _number(value: object, low: float, high: float) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if low <= number <= high else None  # NaN fails both
+
+
+def header_values(header: Mapping[str, object]) -> HeaderValues:
+    """OBSID (0 to 2**63-1), RA (0-360 deg) and DEC (-90 to 90 deg) from a primary header.
+
+    An absent card gives its sentinel (-1, NaN); a card present but unusable (not a number,
+    out of range, non-finite) gives the sentinel too and is named in ``unusable``. Never raises.
+    """
+    values, unusable = {}, []
+    for key, parse, sentinel in (
+        ("OBSID", _obsid, -1),
+        ("RA", lambda v: _number(v, 0.0, 360.0), float("nan")),
+        ("DEC", lambda v: _number(v, -90.0, 90.0), float("nan")),
+    ):
+        value = parse(header[key]) if key in header else sentinel
+        if value is None:
+            unusable.append(key)
+            value = sentinel
+        values[key.lower()] = value
+    return HeaderValues(**values, unusable=tuple(unusable))
+
+
+def _snr(value: float) -> tuple[float, bool]:
+    """An arm's S/N and whether its card was usable: NaN (unknown) is; inf or < 0 is not."""
+    if np.isnan(value) or (np.isfinite(value) and value >= 0):
+        return value, True
+    return float("nan"), False
+
+
+def _not_regular(path: str) -> str | None:
+    """Why ``path`` must not be opened (a FIFO would block), or None to read it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # missing or unreadable: its row says so
+    if stat.S_ISREG(mode):
+        return None
+    return "a directory" if stat.S_ISDIR(mode) else "not a regular file (FIFO, socket, device)"
+
+
 def _file_rows(path: str, job: _Job, spec: PreprocessSpec) -> list[tuple[dict, Any]]:
     """(row, resampled flux or None) for each spectrum of one file."""
     name = os.path.basename(path)
     base = _base_row(path, job)
     try:
         mrs = read_mrs(path, None if job.exposures else [COADD_BLUE, COADD_RED])
-    except SpectrumError:
-        return [(dict(base, status=_read_failure(path, job)), None)]
-    base.update(obsid=mrs.obsid, ra=mrs.ra, dec=mrs.dec)
+    except SpectrumError as exc:
+        # A reader's error may name its own status (e.g. a file over the size cap).
+        status = getattr(exc, "status", None) or _read_failure(path, job)
+        return [(dict(base, status=status), None)]
+    values = header_values(mrs.header)
+    # The reader's properties read these cards again: give them the checked values.
+    mrs.header.update(OBSID=values.obsid, RA=values.ra, DEC=values.dec)
+    base.update(obsid=values.obsid, ra=values.ra, dec=values.dec, bad_header=bool(values.unusable))
     pairs = mrs.exposure_pairs() if job.exposures else [(COADD_BLUE, COADD_RED)]
     if not pairs:
         return [(dict(base, status=MISSING_EXTENSION), None)]
@@ -397,7 +526,9 @@ def _file_rows(path: str, job: _Job, spec: PreprocessSpec) -> list[tuple[dict, A
         except SpectrumError:
             out.append((dict(row, status=BAD_ARM), None))
             continue
-        row.update(snr_blue=spectrum.blue.snr, snr_red=spectrum.red.snr)
+        (snr_blue, blue_ok), (snr_red, red_ok) = _snr(spectrum.blue.snr), _snr(spectrum.red.snr)
+        row.update(snr_blue=snr_blue, snr_red=snr_red)
+        row["bad_header"] = row["bad_header"] or not (blue_ok and red_ok)
         rv_here = rv if rv is not None else _ccf(spectrum)
         if rv_here is None:
             out.append((dict(row, status=NO_RV), None))
@@ -416,14 +547,19 @@ def _file_rows(path: str, job: _Job, spec: PreprocessSpec) -> list[tuple[dict, A
 def _process(paths: list[str], job: _Job) -> _Rows:
     """Read, resample and normalize the spectra of a few files (runs in a worker process)."""
     spec = PreprocessSpec.from_dict(job.spec)
-    rows = _Rows(files=len(paths))
+    rows = _Rows()
     resampled: list[np.ndarray] = []
     resampled_rows: list[int] = []
     for path in paths:
+        why = _not_regular(path)
+        if why is not None:
+            rows.skipped.append(f"{path_text(path)}: {why}: skipped")
+            continue
+        rows.files += 1
         try:
             items = _file_rows(path, job, spec)
         except Exception as exc:  # one pathological file must not end a run over millions
-            rows.errors.append(f"{path}: {type(exc).__name__}: {exc}")
+            rows.errors.append(f"{path_text(path)}: {type(exc).__name__}: {exc}")
             items = [(dict(_base_row(path, job), status=ERROR), None)]
         for row, flux in items:
             if flux is not None:
@@ -445,9 +581,12 @@ def _process(paths: list[str], job: _Job) -> _Rows:
 def _base_row(path: str, job: _Job) -> dict[str, Any]:
     """A row with what is known before reading the file."""
     row = dict.fromkeys(_ROW_FIELDS, np.nan)
+    identity = input_identity(path)
     row.update(
         obsid=-1,
-        filename=os.path.basename(path),
+        filename=escape_path(os.path.basename(identity)),
+        path=escape_path(identity),
+        bad_header=False,
         extname_blue="" if job.exposures else COADD_BLUE,
         extname_red="" if job.exposures else COADD_RED,
         rv_source="",
@@ -470,6 +609,9 @@ class PredictSummary:
     model: str
     files: int = 0
     skipped_files: int = 0
+    repeated: int = 0  # inputs named again (same identity): taken once
+    not_regular: int = 0  # FIFOs, devices, directories named *.fits: skipped
+    unlisted_dirs: int = 0  # directories that could not be listed: skipped
     rows: int = 0
     ok: int = 0
     flagged: int = 0
@@ -497,6 +639,12 @@ class PredictSummary:
         ]
         if self.skipped_files:
             lines.append(f"{self.skipped_files} files skipped: already in the output (resume)")
+        if self.repeated:
+            lines.append(f"{self.repeated} inputs skipped: named more than once (taken once)")
+        if self.not_regular:
+            lines.append(f"{self.not_regular} inputs skipped: not regular files")
+        if self.unlisted_dirs:
+            lines.append(f"{self.unlisted_dirs} directories skipped: they could not be listed")
         if self.output and self.output != "-":
             lines.append(f"catalogue written to {self.output}")
         return "\n".join(lines)
@@ -542,7 +690,12 @@ def _catalogue_rows(
     sigma = np.full((n, n_labels), np.nan)
     flag = np.zeros(n, np.int16)
     status = list(meta["status"])
+    bad_header = np.asarray(meta["bad_header"], bool)
     predicted = np.concatenate(rows_with_flux) if rows_with_flux else np.empty(0, int)
+    failed_bad_header = bad_header.copy()
+    failed_bad_header[predicted] = False
+    for i in np.flatnonzero(failed_bad_header).tolist():
+        status[i] = f"{status[i]},{BAD_HEADER_STATUS}" if status[i] else BAD_HEADER_STATUS
     if predicted.size:
         mu_p, sigma_p = model.predict(np.concatenate(fluxes))
         mu[predicted], sigma[predicted] = mu_p, sigma_p
@@ -557,6 +710,7 @@ def _catalogue_rows(
             model.high,
             model.scale,
         )
+        bits |= np.where(bad_header[predicted], BAD_HEADER, 0).astype(bits.dtype)
         flag[predicted] = bits == 0
         for i, text in zip(predicted.tolist(), status_text(bits), strict=True):
             status[i] = text
@@ -569,12 +723,18 @@ def _catalogue_rows(
     return columns, predicted
 
 
+def _model_id(ensemble) -> str:
+    """The ``model`` column: name@version, escaped (identity.escape_text) so any name fits."""
+    return escape_text(f"{ensemble.name}@{ensemble.version}")
+
+
 def _header(ensemble, rule: FlagRule, exposures: bool) -> dict[str, tuple]:
+    # Text from the model is escaped: FITS headers hold printable ASCII only.
     header: dict[str, tuple] = {
-        "MODEL": (str(ensemble.name), "lamost-rrnet model name"),
-        "MODELVER": (str(ensemble.version), "model version"),
+        "MODEL": (escape_text(str(ensemble.name)), "lamost-rrnet model name"),
+        "MODELVER": (escape_text(str(ensemble.version)), "model version"),
         "RRNETVER": (__version__, "lamost-rrnet version"),
-        "PREPROC": (str(ensemble.preprocessing.name), "preprocessing spec"),
+        "PREPROC": (escape_text(str(ensemble.preprocessing.name)), "preprocessing spec"),
         "EXPOSURE": (bool(exposures), "T: one row per exposure; F: coadds"),
         "DATE": (datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "UTC creation time"),
     }
@@ -600,12 +760,12 @@ class _Writer:
         self.output, self.schema = output, schema
         self.journal = self.stream = None
         self.kept: list = []
-        self.done = np.empty(0, np.uint64)  # hashes of the file names already written
+        self.done = np.empty(0, np.uint64)  # hashes of the inputs' paths already written
         if output is not None and os.fspath(output) == "-":
             self.stream = CsvStream(sys.stdout.buffer, schema)
         elif output is not None:
             self.journal = Journal.open(output, schema, run, resume=resume, overwrite=overwrite)
-            self.done = self.journal.done_files()
+            self.done = self.journal.done_inputs()
 
     def write(self, columns: dict[str, Any]) -> None:
         table = self.schema.table(columns)
@@ -690,7 +850,9 @@ def predict_files(
     """Run a model over LAMOST MRS files and write (or return) the catalogue.
 
     ``paths`` are files, directories (searched recursively for *.fits and *.fits.gz) or glob
-    patterns; ``list_file`` adds one path per line. ``model`` is a registry name, a model
+    patterns; ``list_file`` adds one path per line. Each input is taken once, by its identity
+    (:mod:`lamost_rrnet.identity`); FIFOs and other files that are not regular are skipped
+    with a warning, as are directories that cannot be listed. ``model`` is a registry name, a model
     directory, a published-layout directory, or an ``Ensemble``. RVs come from ``catalogue``
     (CSV/FITS/Parquet, joined by obsid or file name, column ``rv_column`` or the first of
     rv, rv_ku0, rv_br0, rv_lasp0), else from cross-correlation. ``exposures`` gives one row per
@@ -703,7 +865,9 @@ def predict_files(
     ``output`` ending in .fits, .csv or .parquet is written atomically through a resumable
     journal and a :class:`PredictSummary` is returned; ``"-"`` streams CSV to stdout; None
     returns the catalogue as an astropy Table. An existing output raises
-    :class:`~lamost_rrnet.errors.OutputExistsError` unless ``resume`` or ``overwrite``.
+    :class:`~lamost_rrnet.errors.OutputExistsError` unless ``resume`` or ``overwrite``;
+    ``resume`` skips the inputs whose ``path`` is already written, and refuses an output made
+    with other settings, a finished CSV output, or one without the ``path`` column.
     """
     started = time.perf_counter()
     if batch_size < 1:
@@ -728,7 +892,9 @@ def predict_files(
         workers = default_workers(ensemble.device.type) if workers is None else workers
         schema = CatalogueSchema.for_labels(ensemble.labels)
         runner = _Model(ensemble, schema, batch_size)
-        model_id = f"{ensemble.name}@{ensemble.version}"
+        model_id = _model_id(ensemble)
+        if to_file and output_format(output) == "fits":
+            check_header(_header(ensemble, flag_rule, exposures))  # before, not after, the run
         summary = PredictSummary(None if output is None else os.fspath(output), model_id)
         say = stderr_console.print if progress else (lambda *a, **k: None)
 
@@ -747,12 +913,20 @@ def predict_files(
             bar = make_progress(progress)
             task_id = bar.add_task("predict", total=total)
 
+            def unlisted(message: str) -> None:
+                summary.unlisted_dirs += 1
+                say(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+            seen = HashSet()  # this run's inputs, once each
+
             def tasks() -> Iterator[list[str]]:
-                for block in _chunks(iter_input_paths(paths, list_file), 1024):
-                    skip = contains(writer.done, name_hashes(os.path.basename(p) for p in block))
-                    summary.skipped_files += int(skip.sum())
-                    bar.advance(task_id, int(skip.sum()))
-                    todo = (p for p, s in zip(block, skip, strict=True) if not s)
+                inputs = iter_input_paths(paths, list_file, on_error=unlisted)
+                for block in _chunks(inputs, 1024):
+                    selected = select_inputs(block, seen, writer.done)
+                    summary.skipped_files += int(selected.done.sum())
+                    summary.repeated += int(selected.repeated.sum())
+                    bar.advance(task_id, len(block) - int(selected.take.sum()))
+                    todo = (p for p, keep in zip(block, selected.take, strict=True) if keep)
                     yield from _chunks(todo, FILES_PER_TASK)
 
             def flush(pending: list[_Rows]) -> None:
@@ -770,12 +944,17 @@ def predict_files(
                 with bar, torch_threads(threads):
                     for rows in pipeline.run(tasks()):
                         summary.files += rows.files
-                        for message in rows.errors:
-                            say(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+                        summary.not_regular += len(rows.skipped)
+                        for message in (*rows.skipped, *rows.errors):
+                            say(
+                                f"[yellow]warning:[/] {escape(message)}",
+                                highlight=False,
+                                soft_wrap=True,
+                            )
                         pending.append(rows)
                         if sum(len(r) for r in pending) >= batch_size:
                             flush(pending)
-                        bar.advance(task_id, rows.files)
+                        bar.advance(task_id, rows.files + len(rows.skipped))
                     if pending:
                         flush(pending)
             finally:

@@ -27,7 +27,11 @@ def predict_command(
         show_default=False,
     ),
     list_file: Path | None = typer.Option(
-        None, "--list", exists=True, dir_okay=False, help="A file with one input path per line."
+        None,
+        "--list",
+        exists=True,
+        dir_okay=False,
+        help="A file with one input path per line (any bytes but newline; # comments).",
     ),
     output: str = typer.Option("-", "-o", "--output", help=_OUTPUT_HELP),
     catalogue: Path | None = typer.Option(
@@ -60,7 +64,9 @@ def predict_command(
         False, "--exposures", help="One row per single exposure instead of per coadd."
     ),
     resume: bool = typer.Option(
-        False, "--resume", help="Continue a killed run, or add new spectra to an output."
+        False,
+        "--resume",
+        help="Continue a killed run, or add new inputs to a .fits or .parquet output.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
 ) -> None:
