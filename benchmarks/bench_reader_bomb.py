@@ -6,8 +6,11 @@ Inputs, in one directory:
   of zeros (the coadds after it are good: the reader must stream past the zeros);
 - ``--bombs`` links to a file whose COADD_B header declares 1 GB (over the 256 MB limit:
   a ``too_large`` row, or ``unreadable`` where predict does not yet tell them apart);
-- ``--near`` links to a file whose COADD_B holds just under the limit in real pixels
-  (``--near-mb``, default 240 MB decompressed): the most a file may make a worker hold.
+- ``--near`` links to a file whose two coadds each have MAX_PIXELS pixels, the most an arm
+  may have (16 MB each in DR7): the most preprocessing and the RV fit get to work on;
+- ``--near`` links to a file whose COADD_B holds 240 MB of pixels (15 million), under the
+  256 MB limit but over MAX_PIXELS: ``too_large`` (without the pixel limit, the RV's continuum
+  fit took the worker 1.8 GB).
 
 The command line runs as a subprocess with its default workers; the resident memory of the
 process tree is sampled from /proc every 0.1 s (see bench_predict_memory.py).
@@ -36,17 +39,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bench_predict import SHARED, published_size_ensemble  # this script's directory
 from bench_predict_memory import run, tiny_ensemble
 from bomb_inputs import write_bomb  # tests/
-from lamost_rrnet.spectra.io import Arm, encode_mrs, read_mrs, write_mrs
+from lamost_rrnet.spectra.io import MAX_PIXELS, Arm, encode_mrs, read_mrs, write_mrs
 
 
-def near_limit_file(path: Path, header: dict, megabytes: int) -> Path:
-    """A coadd whose blue arm holds ``megabytes`` of pixels (DR7: 16 bytes each), gzip'd."""
-    n = megabytes * 2**20 // 16
-    wave = np.linspace(4900.0, 5400.0, n, dtype=np.float32)
+def _dense_arm(extname: str, span: tuple[float, float], n: int) -> Arm:
+    wave = np.linspace(*span, n, dtype=np.float32)
     flux = (1000 + np.sin(np.arange(n, dtype=np.float32))).astype(np.float32)
-    blue = Arm("COADD_B", wave, flux, np.ones(n, np.float32), np.zeros(n, np.int32), 50.0)
-    red = read_mrs(next(iter(sorted(SHARED.glob("med-*.fits.gz")))), ["COADD_R"]).arms["COADD_R"]
-    path.write_bytes(encode_mrs(header, [blue, red], compresslevel=1))
+    return Arm(extname, wave, flux, np.ones(n, np.float32), np.zeros(n, np.int32), 50.0)
+
+
+def dense_file(path: Path, header: dict, blue: int, red: int | None, red_arm: Arm) -> Path:
+    """Coadds of ``blue`` and ``red`` pixels (DR7: 16 bytes each) over the real ranges, gzip'd;
+    ``red`` None takes ``red_arm``."""
+    arms = [_dense_arm("COADD_B", (4900.0, 5400.0), blue)]
+    arms.append(red_arm if red is None else _dense_arm("COADD_R", (6300.0, 6850.0), red))
+    path.write_bytes(encode_mrs(header, arms, compresslevel=1))
     return path
 
 
@@ -71,7 +78,6 @@ def main() -> None:
     parser.add_argument("--good", type=int, default=60)
     parser.add_argument("--bombs", type=int, default=4)
     parser.add_argument("--near", type=int, default=2)
-    parser.add_argument("--near-mb", type=int, default=240)
     parser.add_argument("--no-rv", action="store_true", help="no RV catalogue: CCF RVs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,7 +90,8 @@ def main() -> None:
         sources = {
             "bomb": write_bomb(tmp / "bomb.fits.gz", mrs.header, coadds, 1200 * 2**20),
             "huge": huge_coadd_header(tmp / "huge.fits.gz", mrs.header, coadds),
-            "near": near_limit_file(tmp / "near.fits.gz", mrs.header, args.near_mb),
+            "near": dense_file(tmp / "near.fits.gz", mrs.header, MAX_PIXELS, MAX_PIXELS, None),
+            "dense": dense_file(tmp / "dense.fits.gz", mrs.header, 15 * 2**20, None, coadds[1]),
         }
         for i, path in enumerate(good):
             m = read_mrs(path, ["COADD_B", "COADD_R"])
@@ -92,7 +99,7 @@ def main() -> None:
         inputs = tmp / "in"
         inputs.mkdir()
         names = [f"good{i % len(good)}" for i in range(args.good)]
-        names += ["bomb"] * args.bombs + ["huge"] * args.bombs + ["near"] * args.near
+        names += ["bomb"] * args.bombs + ["huge"] * args.bombs + ["near", "dense"] * args.near
         # Bombs spread among the good files, so that they meet the worker mid-run.
         order = np.random.default_rng(0).permutation(len(names))
         for k, j in enumerate(order):
@@ -111,9 +118,9 @@ def main() -> None:
             f"date {date.today()}  machine {platform.machine()}, {os.cpu_count()} cores  "
             f"model {args.model}  RVs {'CCF' if args.no_rv else 'catalogue'}"
         )
-        sizes = {k: f"{sources[k].stat().st_size / 2**20:.1f} MB" for k in ("bomb", "huge", "near")}
-        print(f"inputs: {args.good} good, {args.bombs} bombs, {args.bombs} huge, {args.near} near "
-              f"({args.near_mb} MB) files; on disk {sizes}")  # fmt: skip
+        sizes = {k: f"{sources[k].stat().st_size / 2**20:.1f} MB" for k in sources if k[0] != "g"}
+        print(f"inputs: {args.good} good, {args.bombs} bombs, {args.bombs} huge, {args.near} near, "
+              f"{args.near} dense files; on disk {sizes}")  # fmt: skip
         print(f"peak RSS {peak / 2**20:.0f} MiB (main + workers), {seconds:.0f} s")
         print(f"row statuses: {dict(statuses(tmp / 'cat.fits'))}")
 

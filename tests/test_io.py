@@ -9,7 +9,7 @@ import pytest
 
 from bomb_inputs import write_bomb
 from lamost_rrnet.errors import FileTooLarge, SpectrumError
-from lamost_rrnet.spectra.io import MAX_BYTES, Arm, encode_mrs, read_mrs, write_mrs
+from lamost_rrnet.spectra.io import MAX_PIXELS, Arm, encode_mrs, read_mrs, write_mrs
 
 GOOD = "med-58025-HIP9645901_sp02-051.fits.gz"
 ZERO_SNR = "med-58268-HIP95119KP01_sp12-076.fits.gz"
@@ -210,16 +210,20 @@ def test_a_file_over_the_limit_is_too_large(tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".fits.gz", ".fits"])
-def test_a_coadd_declaring_more_than_the_limit_is_too_large_before_it_is_read(tmp_path, suffix):
-    # The header alone declares 1 GB; the file holds none of it. Nothing is decompressed or
-    # allocated: the declared size is checked first.
-    raw = bytearray(encode_mrs(HEADER, _arms()[:1], compresslevel=None))
-    card = raw.index(b"NAXIS2  =", 2880)
-    rows = MAX_BYTES // 16 * 4
-    raw[card : card + 80] = f"NAXIS2  = {rows:>20}".ljust(80).encode()
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [("PCOUNT", 2**30, r"limit of 256 MB"),  # a heap of 1 GB after the rows
+     ("NAXIS2", MAX_PIXELS + 1, r"1,048,577 pixels, over the limit")],
+)  # fmt: skip
+def test_a_coadd_declaring_too_much_is_too_large_before_it_is_read(
+    tmp_path, suffix, key, value, message
+):
+    # The header alone declares it; the file holds none of it. Nothing is decompressed or
+    # allocated: the declared sizes are checked first.
+    raw = _with_card(encode_mrs(HEADER, _arms()[:1], compresslevel=None), key, str(value))
     path = tmp_path / f"huge{suffix}"
-    path.write_bytes(gzip.compress(bytes(raw)) if suffix.endswith(".gz") else bytes(raw))
-    with pytest.raises(FileTooLarge, match=r"huge.fits.*256 MB"):
+    path.write_bytes(gzip.compress(raw) if suffix.endswith(".gz") else raw)
+    with pytest.raises(FileTooLarge, match=rf"huge.fits.*{message}"):
         read_mrs(path)
 
 

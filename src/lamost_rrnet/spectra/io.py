@@ -30,6 +30,10 @@ _EXTNAME = re.compile(r"^(COADD_[BR]|[BR]-\w+)$")
 #: reads (those it skips are streamed past). A real MRS file is well under 10 MB; the limit
 #: keeps a crafted header (a gzip "bomb") from taking the machine's memory.
 MAX_BYTES = 256 * 2**20
+#: Most pixels in one arm. A real MRS arm has about 4,000; preprocessing and the RV's continuum
+#: fit take ~130 bytes per pixel, so an arm of 15 million (240 MB, under MAX_BYTES) took a
+#: worker 1.8 GB beyond its reading.
+MAX_PIXELS = 2**20
 
 
 @dataclass
@@ -321,6 +325,13 @@ def _table_dtype(header: dict, where: str) -> np.dtype:
     return dtype
 
 
+def _pixels(dtype: np.dtype, rows: int) -> int:
+    """Pixels in a table's FLUX column (one a row in DR7, all in one row in DR9)."""
+    if dtype.names is None or "FLUX" not in dtype.names:
+        return 0
+    return rows * int(np.prod(dtype["FLUX"].shape, dtype=object))
+
+
 def _column(data: np.ndarray, name: str, dtype: type) -> np.ndarray:
     # DR9 stores each array in one row, DR7 one pixel per row: ravel covers both.
     return np.asarray(data[name], dtype=dtype).ravel()
@@ -421,6 +432,11 @@ def read_mrs(
                 reader.skip(size)
                 continue
             dtype = _table_dtype(header, f"{path}[{name}]")
+            pixels = _pixels(dtype, _int_card(header, "NAXIS2", 0))
+            if pixels > MAX_PIXELS:
+                raise FileTooLarge(
+                    f"{path}[{name}]: {pixels:,} pixels, over the limit of {MAX_PIXELS:,} an arm"
+                )
             raw = reader.read(size)
             if len(raw) < size:
                 raise EOFError(f"the file ends inside extension {name}")
