@@ -508,9 +508,24 @@ class Journal:
         if resume and output.exists():
             # The journal holds the whole truth: if killed between the output's move into place
             # and the journal's removal, the journal is simply assembled again.
-            for batch in read_batches(output, schema):
-                journal.append(batch)
+            try:
+                for batch in read_batches(output, schema):
+                    journal._check_model(output, batch)
+                    journal.append(batch)
+            except OutputExistsError:
+                shutil.rmtree(directory)
+                raise
         return journal
+
+    def _check_model(self, output: Path, table: pa.Table) -> None:
+        """Refuse rows of another model (or version: another calibration) than this run's."""
+        model = self.run.get("model")
+        others = sorted(set(table["model"].to_pylist()) - {model}) if model else []
+        if others:
+            raise OutputExistsError(
+                f"{output}: written with model {others[0]!r}, not {model!r}: use --overwrite to "
+                "start again"
+            )
 
     def _check_run(self) -> None:
         try:
