@@ -58,6 +58,7 @@ def _rows(schema: CatalogueSchema, n: int, start: int = 0, **over) -> dict:
         else:
             cols[c.name] = np.arange(start, start + n).astype(c.dtype)
     cols["status"] = [""] * n
+    cols["model"] = ["m@1"] * n  # RUN's model: rows a run with RUN may resume
     cols.update(over)
     return cols
 
@@ -244,3 +245,15 @@ def test_resume_on_a_finished_output_keeps_its_rows(tmp_path, suffix):
     resumed.assemble(out, {})
     names = list(_read(out)["filename"])
     assert names == [f"filename{i}" for i in range(4)]
+
+
+def test_resume_on_a_finished_output_of_another_model_is_refused(tmp_path):
+    """Another version (e.g. the calibrated model) would mix two models' σ in one output."""
+    out = tmp_path / "cat.parquet"
+    first = Journal.open(out, SCHEMA, RUN)
+    first.append(SCHEMA.table(_rows(SCHEMA, 3)))
+    first.assemble(out, {})
+    before = out.read_bytes()
+    with pytest.raises(OutputExistsError, match="written with model 'm@1', not 'm@1"):
+        Journal.open(out, SCHEMA, {**RUN, "model": "m@1+cal.0123abcd"}, resume=True)
+    assert out.read_bytes() == before and not journal_dir(out).exists()
