@@ -194,10 +194,10 @@ def log_ticks(axis) -> None:
         if len(ticks) <= MAX_LOG_TICKS:
             break
     if len(ticks) < 2:
-        # Less than a decade without a 1-2-5 value in it: label its ends instead.
-        ticks = [float(f"{lo:.2g}"), float(f"{hi:.2g}")]
+        # Less than a decade without two 1-2-5 values in it: label its ends instead.
+        ticks = [lo, hi]
     axis.set_major_locator(FixedLocator(ticks))
-    axis.set_major_formatter(FixedFormatter([f"{t:g}" for t in ticks]))
+    axis.set_major_formatter(FixedFormatter([f"{t:.3g}" for t in ticks]))
     axis.set_minor_formatter(NullFormatter())
 
 
