@@ -12,10 +12,16 @@ from lamost_rrnet.cli.common import info, options
 def calibrate_command(
     ctx: typer.Context,
     model: str = typer.Argument(
-        ..., help="Registry name, model directory or published-layout directory."
+        ...,
+        metavar="MODEL",
+        help="Registry name, model directory or published-layout directory.",
     ),
     dataset: Path = typer.Argument(
-        ..., exists=True, dir_okay=False, help="Labelled dataset (.h5) written by prepare."
+        ...,
+        exists=True,
+        dir_okay=False,
+        metavar="DATASET",
+        help="Labelled dataset (.h5) written by prepare.",
     ),
     output: Path = typer.Option(
         ..., "-o", "--output", help="Directory for the calibrated model (a new model directory)."
