@@ -7,7 +7,12 @@ import stat
 
 import pytest
 
-from lamost_rrnet.atomic import atomic_path, atomic_write_bytes, remove_stale_temporaries
+from lamost_rrnet.atomic import (
+    atomic_directory,
+    atomic_path,
+    atomic_write_bytes,
+    remove_stale_temporaries,
+)
 
 
 def test_written_file_gets_the_umask_mode_not_0600(tmp_path):
@@ -65,3 +70,36 @@ def test_temporaries_left_by_a_kill_are_removed(tmp_path):
     path.write_bytes(b"done")
     assert remove_stale_temporaries(path) == [stale]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.h5.abcd.part", "d[1].h5"]
+
+
+def test_a_directory_appears_whole_with_the_umask_mode_or_not_at_all(tmp_path):
+    target = tmp_path / "model"
+    with pytest.raises(RuntimeError), atomic_directory(target) as tmp:
+        (tmp / "a").write_bytes(b"half")
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_directory(target) as tmp:
+        (tmp / "a").write_bytes(b"new")
+    assert [p.name for p in target.iterdir()] == ["a"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o777 & ~umask
+
+
+def test_an_existing_directory_or_file_is_replaced_only_on_success(tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old").write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_directory(target) as tmp:
+        (tmp / "new").write_bytes(b"new")
+        raise RuntimeError
+    assert [p.name for p in target.iterdir()] == ["old"]
+    with atomic_directory(target) as tmp:
+        (tmp / "new").write_bytes(b"new")
+    assert [p.name for p in target.iterdir()] == ["new"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    target_file = tmp_path / "file"
+    target_file.write_bytes(b"x")
+    with atomic_directory(target_file) as tmp:
+        (tmp / "new").write_bytes(b"new")
+    assert target_file.is_dir() and sorted(p.name for p in tmp_path.iterdir()) == ["file", "model"]

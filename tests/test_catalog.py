@@ -58,6 +58,7 @@ def _rows(schema: CatalogueSchema, n: int, start: int = 0, **over) -> dict:
         else:
             cols[c.name] = np.arange(start, start + n).astype(c.dtype)
     cols["status"] = [""] * n
+    cols["model"] = ["m@1"] * n  # RUN's model: rows a run with RUN may resume
     cols.update(over)
     return cols
 
@@ -186,8 +187,8 @@ def test_read_batches_refuses_other_columns(tmp_path):
         list(read_batches(path, SCHEMA))
 
 
-RUN = {"model": "m@1", "exposures": False, "flag": dataclasses.asdict(FlagRule())}
-HEADER = {"MODEL": "m", "MODELVER": "1", "EXPOSURE": False, **FlagRule().header()}
+RUN = {"model": "m@1", "exposures": False, "flag": dataclasses.asdict(FlagRule()), "sigma": "raw"}
+HEADER = {"MODEL": "m", "MODELVER": "1", "SIGMA": "raw", "EXPOSURE": False, **FlagRule().header()}
 
 
 def test_journal_refuses_existing_output_and_journal(tmp_path):
@@ -283,3 +284,20 @@ def test_header_values_are_checked_before_a_run():
     check_header(HEADER)
     with pytest.raises(CatalogueError, match="cannot go into FITS"):
         check_header({**HEADER, "MODEL": "tïny"})
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [({"model": "m@1+cal.0123abcd"}, "another model"), ({"sigma": "calibrated"}, "another sigma")],
+)
+def test_resume_on_a_finished_output_of_another_model_or_sigma_is_refused(tmp_path, change, words):
+    """Another version (e.g. the calibrated model), or calibrated σ after raw σ, would mix two
+    kinds of σ in one output."""
+    out = tmp_path / "cat.parquet"
+    first = Journal.open(out, SCHEMA, RUN)
+    first.append(SCHEMA.table(_rows(SCHEMA, 3)))
+    first.assemble(out, HEADER)
+    before = out.read_bytes()
+    with pytest.raises(OutputExistsError, match=f"made with {words}"):
+        Journal.open(out, SCHEMA, {**RUN, **change}, resume=True)
+    assert out.read_bytes() == before and not journal_dir(out).exists()

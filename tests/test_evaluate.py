@@ -575,9 +575,9 @@ def test_dataset_is_evaluated_in_batches(realistic, tmp_path, monkeypatch):
     seen = []
     original = ens.predict
 
-    def spy(flux, batch_size=256):
+    def spy(flux, batch_size=256, **kwargs):
         seen.append(flux.shape[0])
-        return original(flux, batch_size=batch_size)
+        return original(flux, batch_size=batch_size, **kwargs)
 
     monkeypatch.setattr(ens, "predict", spy)
     result = evaluate_dataset(

@@ -302,9 +302,9 @@ def test_model_threads_and_default_workers(ensemble, spectra, monkeypatch):
     seen = []
     predict = ensemble.predict
 
-    def spy(flux, batch_size=256):
+    def spy(flux, batch_size=256, **kwargs):
         seen.append(torch.get_num_threads())
-        return predict(flux, batch_size=batch_size)
+        return predict(flux, batch_size=batch_size, **kwargs)
 
     monkeypatch.setattr(ensemble, "predict", spy)
     monkeypatch.setattr("lamost_rrnet.predict._cores", lambda: 3)

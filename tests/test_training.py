@@ -201,6 +201,21 @@ def test_cli_model_loads_by_path_as_predict_and_evaluate_resolve_it(cli_model):
     assert model.labels == list(PAPER_GROUPS["SP"] + PAPER_GROUPS["CA"])
 
 
+def test_trained_model_is_calibrated_on_the_valid_split(cli_model, dataset):
+    ensemble = Ensemble.load(cli_model, device="cpu")
+    cal = ensemble.calibration
+    assert cal.split == "valid" and ensemble.version == f"1+cal.{cal.digest()}"
+    with open_dataset(dataset) as ds:
+        idx = ds.indices("valid")
+        mu, sigma = ensemble.predict(ds.flux(idx))
+        true = ds.labels(idx, ensemble.labels).astype(np.float64)
+    assert cal.n_spectra == idx.size >= 2
+    z = (mu - true) / sigma
+    for j, label in enumerate(ensemble.labels):
+        assert cal.n[label] == idx.size
+        assert np.std(z[:, j]) == pytest.approx(1.0, rel=1e-4), label
+
+
 def test_history_has_every_epoch_member_and_label(cli_model):
     rows = read_history(cli_model)
     assert len(rows) == 2 * 2 * 2  # groups × members × epochs

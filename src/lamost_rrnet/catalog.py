@@ -462,8 +462,8 @@ def _header_of(path: str | os.PathLike[str]) -> dict[str, object]:
 
 
 def recorded_run(path: str | os.PathLike[str]) -> dict[str, object]:
-    """The model, ``exposures`` and flag rule a finished FITS or Parquet catalogue was made
-    with, as in a journal's ``run``; CatalogueError if it does not record them."""
+    """The model, ``exposures``, flag rule and kind of σ a finished FITS or Parquet catalogue was
+    made with, as in a journal's ``run``; CatalogueError if it does not record them."""
     header = _header_of(path)
     keys = ("MODEL", "MODELVER", "EXPOSURE", *FlagRule().header())
     missing = [k for k in keys if k not in header]
@@ -471,7 +471,14 @@ def recorded_run(path: str | os.PathLike[str]) -> dict[str, object]:
         raise CatalogueError(f"{path}: its header lacks {', '.join(missing)}")
     model = unescape_path(str(header["MODEL"])) + b"@" + unescape_path(str(header["MODELVER"]))
     flag = dict(zip(FlagRule.__dataclass_fields__, (header[k] for k in keys[3:]), strict=True))
-    return {"model": escape_path(model), "exposures": bool(header["EXPOSURE"]), "flag": flag}
+    # Catalogues from before calibration carry no SIGMA: their σ was the raw ensemble's.
+    sigma = str(header.get("SIGMA", "raw"))
+    return {
+        "model": escape_path(model),
+        "exposures": bool(header["EXPOSURE"]),
+        "flag": flag,
+        "sigma": sigma,
+    }
 
 
 def check_resumable(

@@ -8,7 +8,8 @@ back with the label mean and std. The published model and ours share this object
 Model directory (docs/models.md)::
 
     model.yaml            name, version, architecture, groups, normalization, preprocessing,
-                          label_ranges, provenance, sha256 of every other file
+                          label_ranges, provenance, calibration (when calibrated),
+                          sha256 of every other file
     normalization.npz     flux_mean, flux_std, label_names, label_mean, label_std
     <GROUP><i>.safetensors  one member's state_dict (no pickle anywhere)
 """
@@ -31,6 +32,7 @@ import yaml
 from torch import nn
 
 from lamost_rrnet.atomic import atomic_path, atomic_write_bytes
+from lamost_rrnet.calibration import Calibrated, Calibration
 from lamost_rrnet.errors import ModelError
 from lamost_rrnet.paths import stays_inside
 from lamost_rrnet.spectra.preprocess import RRNET2022, PreprocessSpec
@@ -38,7 +40,8 @@ from lamost_rrnet.spectra.preprocess import RRNET2022, PreprocessSpec
 MODEL_FILE = "model.yaml"
 NORMALIZATION_FILE = "normalization.npz"
 FORMAT = "lamost-rrnet model directory"
-FORMAT_VERSION = 1
+#: 2 added ``calibration``: a reader of version 1 would give a calibrated model's raw σ.
+FORMAT_VERSION = 2
 #: Fewest spectra per thread worth a shard of their own in :meth:`Ensemble.predict`.
 MIN_SHARD_ROWS = 16
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -129,8 +132,9 @@ class LabelGroup:
     members: list[nn.Module] = field(default_factory=list)
 
 
-class Ensemble:
-    """Label groups of member networks, with their normalization and preprocessing spec."""
+class Ensemble(Calibrated):
+    """Label groups of member networks, with their normalization, preprocessing spec and σ
+    calibration (:mod:`lamost_rrnet.calibration`)."""
 
     def __init__(
         self,
@@ -142,6 +146,7 @@ class Ensemble:
         preprocessing: PreprocessSpec = RRNET2022,
         label_ranges: Mapping[str, Sequence[float]] | None = None,
         provenance: Mapping[str, Any] | None = None,
+        calibration: Calibration | None = None,
     ):
         self.name = str(name)
         self.version = str(version)
@@ -172,6 +177,8 @@ class Ensemble:
         self._rows = [normalization.index(g.labels) for g in self.groups]
         for member in self.members():
             member.eval()
+        # The version always says whether, and with which scales, σ is calibrated.
+        self.set_calibration(calibration)
 
     def __repr__(self) -> str:
         groups = ", ".join(f"{g.name}×{len(g.members)}" for g in self.groups)
@@ -216,12 +223,13 @@ class Ensemble:
         return torch.from_numpy(flux).to(self.device)
 
     def predict(
-        self, flux_normalized: np.ndarray, batch_size: int = 256
+        self, flux_normalized: np.ndarray, batch_size: int = 256, raw_sigma: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
         """μ and σ, float64 (B, len(labels)) in physical units, from normalized flux (B, 7200).
 
-        Batches of ``batch_size`` spectra bound the memory. Rows are independent: a row of
-        NaN flux gives NaN labels and leaves the others alone.
+        σ is calibrated (times :attr:`sigma_scales`) unless ``raw_sigma``, which gives the
+        ensemble's own σ. Batches of ``batch_size`` spectra bound the memory. Rows are
+        independent: a row of NaN flux gives NaN labels and leaves the others alone.
         """
         flux = np.asarray(flux_normalized)
         if flux.ndim != 2:
@@ -238,7 +246,7 @@ class Ensemble:
         if shards < 2 or len(flux) < 2 * MIN_SHARD_ROWS:
             for rows in batches:
                 self._predict_rows(flux, rows, mu, sigma)
-            return mu, sigma
+            return mu, self._calibrated(sigma, raw_sigma)
         # On a CPU, the members' small matrix products scale poorly over intra-op threads;
         # one single-threaded shard of each batch per thread gave 1.6-2.0x at 2 threads.
         # Thread counts are per thread for OpenMP, so the workers set theirs, and the caller's
@@ -254,7 +262,12 @@ class Ensemble:
                     list(pool.map(lambda part: self._predict_rows(flux, part, mu, sigma), parts))
         finally:
             torch.set_num_threads(threads)
-        return mu, sigma
+        return mu, self._calibrated(sigma, raw_sigma)
+
+    def _calibrated(self, sigma: np.ndarray, raw: bool) -> np.ndarray:
+        if not raw and self.calibration is not None:
+            sigma *= self.sigma_scales
+        return sigma
 
     def _predict_rows(
         self, flux: np.ndarray, rows: slice, mu: np.ndarray, sigma: np.ndarray
@@ -326,8 +339,10 @@ class Ensemble:
             "preprocessing": _plain(self.preprocessing.to_dict()),
             "label_ranges": {k: [lo, hi] for k, (lo, hi) in self.label_ranges.items()},
             "provenance": self.provenance,
-            "sha256": hashes,
         }
+        if self.calibration is not None:
+            manifest["calibration"] = _plain(self.calibration.to_dict())
+        manifest["sha256"] = hashes
         text = yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True)
         atomic_write_bytes(directory / MODEL_FILE, text.encode("utf-8"))
         return directory
@@ -373,6 +388,7 @@ class Ensemble:
             raise ModelError(f"{manifest_path}: no sha256 for {manifest['normalization']}")
         normalization = Normalization.load(directory / manifest["normalization"])
         try:
+            calibration = manifest.get("calibration")
             ensemble = cls(
                 manifest["name"],
                 manifest["version"],
@@ -382,8 +398,9 @@ class Ensemble:
                 PreprocessSpec.from_dict(manifest["preprocessing"]),
                 manifest.get("label_ranges") or {},
                 manifest.get("provenance") or {},
+                None if calibration is None else Calibration.from_dict(calibration),
             )
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, KeyError) as exc:
             raise ModelError(f"{manifest_path}: inconsistent model: {exc}") from exc
         return ensemble.to(device)
 

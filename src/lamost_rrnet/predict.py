@@ -653,9 +653,11 @@ class PredictSummary:
 class _Model:
     """The ensemble with what the flag rule needs, in the catalogue's label order."""
 
-    def __init__(self, ensemble, schema: CatalogueSchema, batch_size: int):
+    def __init__(self, ensemble, schema: CatalogueSchema, batch_size: int, raw_sigma: bool):
         self.ensemble = ensemble
         self.batch_size = batch_size
+        self.raw_sigma = raw_sigma
+        self.sigma = "raw" if raw_sigma else ensemble.sigma_kind
         self.order = [list(ensemble.labels).index(name) for name in schema.labels]
         ranges = ensemble.label_ranges or {}
         inf = float("inf")
@@ -668,7 +670,9 @@ class _Model:
         )
 
     def predict(self, flux: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mu, sigma = self.ensemble.predict(flux, batch_size=self.batch_size)
+        mu, sigma = self.ensemble.predict(
+            flux, batch_size=self.batch_size, raw_sigma=self.raw_sigma
+        )
         return np.asarray(mu)[:, self.order], np.asarray(sigma)[:, self.order]
 
 
@@ -728,11 +732,12 @@ def _model_id(ensemble) -> str:
     return escape_text(f"{ensemble.name}@{ensemble.version}")
 
 
-def _header(ensemble, rule: FlagRule, exposures: bool) -> dict[str, tuple]:
+def _header(ensemble, rule: FlagRule, exposures: bool, sigma: str) -> dict[str, tuple]:
     # Text from the model is escaped: FITS headers hold printable ASCII only.
     header: dict[str, tuple] = {
         "MODEL": (escape_text(str(ensemble.name)), "lamost-rrnet model name"),
         "MODELVER": (escape_text(str(ensemble.version)), "model version"),
+        "SIGMA": (sigma, "_err: calibrated, or raw ensemble sigma"),
         "RRNETVER": (__version__, "lamost-rrnet version"),
         "PREPROC": (escape_text(str(ensemble.preprocessing.name)), "preprocessing spec"),
         "EXPOSURE": (bool(exposures), "T: one row per exposure; F: coadds"),
@@ -846,6 +851,7 @@ def predict_files(
     flag_rule: FlagRule = FlagRule(),
     worker_threads: int = 1,
     threads: int | None = None,
+    raw_sigma: bool = False,
 ):
     """Run a model over LAMOST MRS files and write (or return) the catalogue.
 
@@ -860,7 +866,8 @@ def predict_files(
     default :func:`default_workers`), each with ``worker_threads`` BLAS threads; the model runs
     here with ``threads`` torch threads (default: one per core; on a CPU the ensemble runs its
     batches as one single-threaded shard per thread, which shares the cores with the workers
-    better than intra-op threads do).
+    better than intra-op threads do). The ``_err`` columns hold the model's calibrated σ, or
+    with ``raw_sigma`` the ensemble's own σ; the header's SIGMA says which.
 
     ``output`` ending in .fits, .csv or .parquet is written atomically through a resumable
     journal and a :class:`PredictSummary` is returned; ``"-"`` streams CSV to stdout; None
@@ -891,10 +898,11 @@ def predict_files(
         ensemble = _load_model(model, device, progress)
         workers = default_workers(ensemble.device.type) if workers is None else workers
         schema = CatalogueSchema.for_labels(ensemble.labels)
-        runner = _Model(ensemble, schema, batch_size)
+        runner = _Model(ensemble, schema, batch_size, raw_sigma)
         model_id = _model_id(ensemble)
         if to_file and output_format(output) == "fits":
-            check_header(_header(ensemble, flag_rule, exposures))  # before, not after, the run
+            # before, not after, the run
+            check_header(_header(ensemble, flag_rule, exposures, runner.sigma))
         summary = PredictSummary(None if output is None else os.fspath(output), model_id)
         say = stderr_console.print if progress else (lambda *a, **k: None)
 
@@ -906,7 +914,12 @@ def predict_files(
                 say(f"RV from column {rv_table.column!r} of {catalogue} ({rv_table.n_rows} rows)")
             else:
                 say("RV by cross-correlation (no --catalogue)")
-            run = {"model": model_id, "exposures": bool(exposures), "flag": asdict(flag_rule)}
+            run = {
+                "model": model_id,
+                "exposures": bool(exposures),
+                "flag": asdict(flag_rule),
+                "sigma": runner.sigma,
+            }
             writer = _Writer(output, schema, run, resume=resume, overwrite=overwrite)
 
             total = sum(1 for _ in iter_input_paths(paths, list_file)) if progress else None
@@ -959,6 +972,6 @@ def predict_files(
                         flush(pending)
             finally:
                 pipeline.close()
-            result = writer.finish(_header(ensemble, flag_rule, exposures))
+            result = writer.finish(_header(ensemble, flag_rule, exposures, runner.sigma))
         summary.seconds = time.perf_counter() - started
         return summary if output is not None else result

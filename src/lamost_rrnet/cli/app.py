@@ -138,6 +138,9 @@ def _register() -> None:
     from lamost_rrnet.cli import train
 
     app.command("train")(train.train_command)
+    from lamost_rrnet.cli import calibrate
+
+    app.command("calibrate")(calibrate.calibrate_command)
     from lamost_rrnet.cli import simulate
 
     app.command("simulate")(simulate.simulate_command)

@@ -69,6 +69,11 @@ def predict_command(
         help="Continue a killed run, or add new inputs to a .fits or .parquet output.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    raw_sigma: bool = typer.Option(
+        False,
+        "--raw-sigma",
+        help="Write the ensemble's uncalibrated σ instead of the model's calibrated σ.",
+    ),
 ) -> None:
     """Estimate Teff, log g and 15 abundances for LAMOST MRS spectra; write the catalogue."""
     from lamost_rrnet.catalog import output_format
@@ -103,5 +108,6 @@ def predict_command(
         device=opts.device,
         list_file=list_file,
         threads=opts.threads,
+        raw_sigma=raw_sigma,
     )
     info(ctx, summary.text())

@@ -26,7 +26,12 @@ METRIC_COLUMNS = (
     "z_std",
     "frac_1sigma",
     "frac_2sigma",
+    "z_std_raw",
+    "frac_1sigma_raw",
 )
+#: Computed with the model's uncalibrated σ: calibration before (these) and after (z_std,
+#: frac_1sigma). NaN where there is no raw σ (a catalogue).
+RAW_METRICS = {"z_std_raw": "z_std", "frac_1sigma_raw": "frac_1sigma"}
 
 #: S/N bins (name, lower edge inclusive, upper edge exclusive); "all" holds every spectrum,
 #: including those below S/N 10, which fall in no bin.
@@ -68,7 +73,7 @@ def label_metrics(pred: np.ndarray, sigma: np.ndarray, true: np.ndarray) -> dict
     out = {"n": int(residual.size)}
     nan = float("nan")
     if residual.size == 0:
-        out.update(dict.fromkeys(METRIC_COLUMNS[5:], nan))
+        out.update(dict.fromkeys(METRIC_COLUMNS[5 : -len(RAW_METRICS)], nan))
         return out
     out["mae"] = float(np.mean(np.abs(residual)))
     out["bias"] = float(np.mean(residual))
@@ -95,11 +100,13 @@ def compute_metrics(
     *,
     model: str,
     split: str,
+    raw_sigma: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The long metrics table of one model: a row per (label, S/N bin), in SNR_BIN_NAMES order.
 
     ``pred``, ``sigma`` and ``true`` are (N, L) in physical units, ``snr`` is (N,) (see
-    :func:`spectrum_snr`). A bin with no spectra has n = 0 and NaN metrics.
+    :func:`spectrum_snr`). ``raw_sigma`` (N, L), the uncalibrated σ, gives the
+    :data:`RAW_METRICS`. A bin with no spectra has n = 0 and NaN metrics.
     """
     pred, sigma, true = (np.atleast_2d(np.asarray(a, np.float64)) for a in (pred, sigma, true))
     if not (pred.shape == sigma.shape == true.shape and pred.shape[1] == len(labels)):
@@ -107,12 +114,17 @@ def compute_metrics(
             f"pred {pred.shape}, sigma {sigma.shape} and true {true.shape} must all be "
             f"(N, {len(labels)})"
         )
+    raw = np.full_like(sigma, np.nan) if raw_sigma is None else np.asarray(raw_sigma, np.float64)
+    if raw.shape != sigma.shape:
+        raise ValueError(f"raw_sigma {raw.shape} must be shaped like sigma {sigma.shape}")
     masks = snr_bin_masks(snr)
     rows = []
     for j, label in enumerate(labels):
         for bin_name in SNR_BIN_NAMES:
             m = masks[bin_name]
             stats = label_metrics(pred[m, j], sigma[m, j], true[m, j])
+            before = label_metrics(pred[m, j], raw[m, j], true[m, j])
+            stats.update({name: before[kind] for name, kind in RAW_METRICS.items()})
             rows.append(
                 {"model": model, "label": label, "split": split, "snr_bin": bin_name, **stats}
             )

@@ -164,12 +164,41 @@ def plot_sigma_vs_snr(
                     label="σ_obs (≥ 3 spectra)",
                 )
         ax.set_xscale("log")
+        log_ticks(ax.xaxis)
         ax.set_xlabel("S/N = min(blue, red)")
         ax.set_ylabel(f"σ {pretty(label)}")
     if axes:
         axes[0].legend(fontsize=7, loc="upper right")
     fig.suptitle(title or "predicted uncertainty against S/N")
     _save(fig, path)
+
+
+#: Tick values per decade of a log axis, densest first: the first choice that gives at most
+#: MAX_LOG_TICKS ticks is taken.
+LOG_TICK_STEPS = ((1, 2, 5), (1, 3), (1,))
+MAX_LOG_TICKS = 5
+
+
+def log_ticks(axis) -> None:
+    """Plain-number major ticks (10, 20, 50, ...) on a log axis, and no minor tick labels.
+
+    Matplotlib labels the minor ticks of a log axis that spans less than about two decades
+    (2×10¹, 3×10¹, 4×10¹, ...): in a panel a few inches wide they print over each other.
+    """
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
+
+    lo, hi = sorted(axis.get_view_interval())
+    decades = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+    for steps in LOG_TICK_STEPS:
+        ticks = [m * 10.0**e for e in decades for m in steps if lo <= m * 10.0**e <= hi]
+        if len(ticks) <= MAX_LOG_TICKS:
+            break
+    if len(ticks) < 2:
+        # Less than a decade without two 1-2-5 values in it: label its ends instead.
+        ticks = [lo, hi]
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FixedFormatter([f"{t:.3g}" for t in ticks]))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def quantile_bins(values: np.ndarray, n_bins: int = 5) -> np.ndarray:
@@ -268,7 +297,8 @@ def plot_mae_comparison(
     kelvin = [lb for lb in labels if unit(lb) == "K"]
     dex = [lb for lb in labels if unit(lb) != "K"]
     groups = [g for g in (kelvin, dex) if g]
-    fig = _figure(2.0 + 0.45 * len(labels) * max(1, len(models)) / 2, 4.0)
+    # At least 0.6 inch per label, or with one model the slanted names run into each other.
+    fig = _figure(2.0 + len(labels) * max(0.6, 0.225 * len(models)), 4.0)
     spec = fig.add_gridspec(1, len(groups), width_ratios=[max(1, len(g)) for g in groups])
     width = 0.8 / max(1, len(models))
     for g, group in enumerate(groups):

@@ -29,6 +29,7 @@ from lamost_rrnet.evaluate.report import (
     Paragraph,
     Report,
     Table,
+    format_metric,
     wide_table,
     write_report_files,
 )
@@ -57,7 +58,9 @@ class ModelRun:
     ensemble: Ensemble
     labels: list[str]
     pred: np.ndarray = field(repr=False)
+    #: The model's calibrated σ, as ``predict`` writes it, and its uncalibrated σ.
     sigma: np.ndarray = field(repr=False)
+    raw_sigma: np.ndarray = field(repr=False)
     #: Dataset labels the model does not predict (so not evaluated).
     not_predicted: list[str] = field(default_factory=list)
 
@@ -165,7 +168,8 @@ def predict_dataset(
     batch_size: int = 256,
     progress: bool = True,
 ) -> None:
-    """Fill each run's pred and sigma, reading the flux once per batch for all models."""
+    """Fill each run's pred, sigma and raw_sigma, reading the flux once per batch for all
+    models and running each model once (the calibrated σ is the raw σ times its scales)."""
     from lamost_rrnet.progress import make_progress
 
     columns = [[r.ensemble.labels.index(lb) for lb in r.labels] for r in runs]
@@ -175,9 +179,10 @@ def predict_dataset(
         for batch_idx, flux, _ in ds.iter_batches(indices, batch_size):
             k = batch_idx.size
             for run, cols in zip(runs, columns, strict=True):
-                mu, sigma = run.ensemble.predict(flux, batch_size=batch_size)
+                mu, raw = run.ensemble.predict(flux, batch_size=batch_size, raw_sigma=True)
                 run.pred[done : done + k] = mu[:, cols]
-                run.sigma[done : done + k] = sigma[:, cols]
+                run.raw_sigma[done : done + k] = raw[:, cols]
+                run.sigma[done : done + k] = raw[:, cols] * run.ensemble.sigma_scales[cols]
             done += k
             bar.advance(task, k)
 
@@ -309,7 +314,16 @@ def evaluate_dataset(
             shape = (indices.size, len(chosen))
             missing = [lb for lb in ds.label_names if lb not in ens.labels]
             runs.append(
-                ModelRun(name, where, ens, chosen, np.empty(shape), np.empty(shape), missing)
+                ModelRun(
+                    name,
+                    where,
+                    ens,
+                    chosen,
+                    np.empty(shape),
+                    np.empty(shape),
+                    np.empty(shape),
+                    missing,
+                )
             )
         all_labels = ordered_labels(list(dict.fromkeys(lb for r in runs for lb in r.labels)))
         predict_dataset(ds, indices, runs, batch_size, progress)
@@ -321,7 +335,14 @@ def evaluate_dataset(
             true = ds.labels(indices, run.labels).astype(np.float64)
             metrics_parts.append(
                 compute_metrics(
-                    run.pred, run.sigma, true, snr, run.labels, model=run.name, split=split
+                    run.pred,
+                    run.sigma,
+                    true,
+                    snr,
+                    run.labels,
+                    model=run.name,
+                    split=split,
+                    raw_sigma=run.raw_sigma,
                 )
             )
             sigma_obs = None
@@ -442,6 +463,16 @@ def build_dataset_report(
     )
     for metric in ("z_mean", "z_std", "frac_1sigma", "frac_2sigma"):
         report.add(wide_table(metrics, metric, labels, caption=_caption(metric)))
+    report.add(
+        Heading("Calibration before and after", 3),
+        Paragraph(
+            "Before: with the ensemble's own σ (`predict --raw-sigma`). After: with σ times the "
+            "model's per-label scale, which `predict` writes by default (docs/models.md, "
+            '"Calibration"). All S/N; metrics.csv holds every bin (z_std_raw, frac_1sigma_raw).'
+        ),
+        *[Paragraph(_calibration_source(r)) for r in runs],
+        _calibration_table(runs, metrics, labels),
+    )
     for run in runs:
         report.add(Heading(f"Figures: {run.name}"))
         for caption, path in figures.get(run.name, []):
@@ -450,6 +481,38 @@ def build_dataset_report(
             else:
                 report.add(Paragraph(caption), Image(_rel(path, out), caption))
     return report
+
+
+def _calibration_source(run: ModelRun) -> str:
+    cal = run.ensemble.calibration
+    if cal is None:
+        return f"{run.name}: not calibrated (scale 1 for every label: before = after)."
+    return (
+        f"{run.name}: scales fitted on the {cal.split} split of `{cal.dataset}` "
+        f"({cal.n_spectra} spectra)."
+    )
+
+
+def _calibration_table(runs: Sequence[ModelRun], metrics: pd.DataFrame, labels) -> Table:
+    """Per label and model: the σ scale, std z and the fraction within 1σ, before and after."""
+    cells = metrics[metrics["snr_bin"] == "all"].set_index(["label", "model"])
+    header = ["label"]
+    for r in runs:
+        header += [f"{r.name} {h}" for h in ("scale", "std z before", "std z after")]
+        header += [f"{r.name} {h}" for h in ("within 1σ before", "within 1σ after")]
+    rows = []
+    for label in labels:
+        row = [plots.short_name(label)]
+        for r in runs:
+            if label not in r.labels:
+                row += ["–"] * 5
+                continue
+            scale = r.ensemble.sigma_scales[r.ensemble.labels.index(label)]
+            row.append(f"{scale:.3f}")
+            for metric in ("z_std_raw", "z_std", "frac_1sigma_raw", "frac_1sigma"):
+                row.append(format_metric(metric, label, cells.loc[(label, r.name), metric]))
+        rows.append(row)
+    return Table(header, rows, "calibration before and after (all S/N)")
 
 
 def _caption(metric: str) -> str:

@@ -22,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.markup import escape
 
 from lamost_rrnet._version import __version__
+from lamost_rrnet.calibration import calibrate, describe
 from lamost_rrnet.dataset import open_dataset
 from lamost_rrnet.devices import select_device, torch_threads
 from lamost_rrnet.ensemble import Ensemble, LabelGroup
@@ -329,9 +331,11 @@ def train_ensemble(
 
     ``out_dir`` receives, after every epoch, ``checkpoint.pt`` and ``history.csv`` (and
     TensorBoard logs when TensorBoard is installed); at the end ``loss_curve.png`` and the
-    model files. ``resume=True`` continues from the checkpoint (or starts when ``out_dir`` is
-    empty or absent) and gives the weights an uninterrupted run would have. ``max_minutes``
-    stops after the epoch that would otherwise overrun it, and saves the best weights so far.
+    model files, calibrated: each label's σ is scaled so that z has std 1 on the valid split
+    (:mod:`lamost_rrnet.calibration`). ``resume=True`` continues from the checkpoint (or
+    starts when ``out_dir`` is empty or absent) and gives the weights an uninterrupted run
+    would have. ``max_minutes`` stops after the epoch that would otherwise overrun it, and
+    saves the best weights so far.
     """
     started = time.perf_counter()
     recipe = Recipe(batch_size, lr, noise_prob=noise_prob, noise_from_epoch=noise_from_epoch)
@@ -425,6 +429,9 @@ def train_ensemble(
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         ensemble = run.ensemble(name or out_dir.resolve().name, provenance)
+        # σ scales from the validation split (docs/training.md, "Calibration").
+        ensemble = calibrate(ensemble.to(device), dataset_path, "valid", batch_size).to("cpu")
+        say(escape(describe(ensemble.calibration, ensemble.labels)))
         ensemble.save(out_dir)
         say(f"model written to {out_dir}")
         return ensemble

@@ -1,0 +1,269 @@
+"""Calibrated uncertainties: one σ scale per label, fitted on labelled spectra.
+
+A deep ensemble's σ can be off by a factor that is much the same for every spectrum: trained
+on a small set, RRNet's σ came out 1.2-2.7× too large (issue 17). One positive scale per
+label, chosen so that z = (μ − true)/(scale·σ) has a standard deviation of 1 on held-out
+spectra, removes that factor and nothing else: it cannot make σ follow S/N, or anything else
+that varies from spectrum to spectrum.
+
+The scales are part of the model (``calibration`` in ``model.yaml``, docs/models.md), and a
+calibrated model's version carries a digest of them (``1+cal.3fa2b1c0``), so catalogues made
+with other scales, or none, are never mixed by ``predict --resume``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from lamost_rrnet.dataset import Dataset
+
+#: Separates a model's own version from the digest of its calibration.
+VERSION_TAG = "+cal."
+#: Fewest labelled spectra a label's scale is fitted on; with fewer it stays 1.
+MIN_ROWS = 2
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The σ scales of a model, and the labelled spectra they were fitted on.
+
+    ``scales`` and ``n`` map each label to its scale and to the number of spectra that fitted
+    it (0 where the dataset lacks the label: that scale is 1).
+    """
+
+    scales: dict[str, float]
+    split: str
+    n_spectra: int
+    dataset: str = ""
+    n: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        scales = {str(k): float(v) for k, v in self.scales.items()}
+        bad = [k for k, v in scales.items() if not (np.isfinite(v) and v > 0)]
+        if bad:
+            raise ValueError(f"calibration scales must be positive and finite: {', '.join(bad)}")
+        object.__setattr__(self, "scales", scales)
+        object.__setattr__(self, "n", {str(k): int(v) for k, v in self.n.items()})
+
+    def digest(self) -> str:
+        """Eight hex digits identifying the scales (the part of a version after ``+cal.``)."""
+        text = json.dumps(sorted(self.scales.items()), separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``calibration`` field of model.yaml."""
+        return {
+            "split": self.split,
+            "n_spectra": self.n_spectra,
+            "dataset": self.dataset,
+            "scales": dict(self.scales),
+            "n": dict(self.n),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
+        return cls(
+            dict(data["scales"]),
+            str(data["split"]),
+            int(data["n_spectra"]),
+            str(data.get("dataset", "")),
+            dict(data.get("n") or {}),
+        )
+
+
+def calibrated_version(version: str, calibration: Calibration | None) -> str:
+    """The version of a model with ``calibration``: its own version plus the scales' digest."""
+    base = str(version).split(VERSION_TAG)[0]
+    return base if calibration is None else f"{base}{VERSION_TAG}{calibration.digest()}"
+
+
+_Model = TypeVar("_Model", bound="Calibrated")
+
+
+class Calibrated:
+    """What calibration adds to a model class with ``labels`` and ``version``.
+
+    ``predict`` multiplies its σ by :attr:`sigma_scales` unless asked for the raw σ.
+    """
+
+    calibration: Calibration | None = None
+    labels: list[str]
+    version: str
+
+    @property
+    def sigma_scales(self) -> np.ndarray:
+        """float64 (len(labels),): each label's scale, 1 where there is none."""
+        scales = self.calibration.scales if self.calibration is not None else {}
+        return np.array([scales.get(label, 1.0) for label in self.labels], np.float64)
+
+    @property
+    def sigma_kind(self) -> str:
+        """What ``predict`` gives by default: ``calibrated`` σ, or ``raw`` (no calibration)."""
+        return "raw" if self.calibration is None else "calibrated"
+
+    def with_calibration(self: _Model, calibration: Calibration | None) -> _Model:
+        """A copy of this model (sharing its networks) with ``calibration`` and its version."""
+        model = copy.copy(self)
+        model.set_calibration(calibration)
+        return model
+
+    def set_calibration(self, calibration: Calibration | None) -> None:
+        """Hold ``calibration`` (None: uncalibrated), and the version that goes with it."""
+        unknown = set(calibration.scales) - set(self.labels) if calibration else set()
+        if unknown:
+            raise ValueError(f"calibration of labels the model lacks: {', '.join(sorted(unknown))}")
+        self.calibration = calibration
+        self.version = calibrated_version(self.version, calibration)
+
+
+def fit_sigma_scales(mu: np.ndarray, sigma: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """One positive scale per column such that z = (mu − true)/(scale·sigma) has std 1.
+
+    ``mu``, ``sigma`` and ``true`` are (N, L). Rows where any of the three is not finite, or
+    σ is not positive, are left out per column (a missing label costs only that label). The
+    std is taken with ddof 0 around the mean of z, as ``evaluate``'s z_std, so that a fitted
+    split's z_std is 1 exactly. A column with fewer than :data:`MIN_ROWS` usable rows, or
+    with no spread in z, keeps the scale 1.
+    """
+    mu, sigma, true = (np.atleast_2d(np.asarray(a, np.float64)) for a in (mu, sigma, true))
+    if not mu.shape == sigma.shape == true.shape:
+        raise ValueError(f"mu {mu.shape}, sigma {sigma.shape} and true {true.shape} differ")
+    scales = np.ones(mu.shape[1])
+    for j, (n, z) in enumerate(_z_columns(mu, sigma, true)):
+        if n >= MIN_ROWS:
+            spread = float(np.std(z))
+            if np.isfinite(spread) and spread > 0:
+                scales[j] = spread
+    return scales
+
+
+def _z_columns(mu: np.ndarray, sigma: np.ndarray, true: np.ndarray):
+    """(usable rows, z of those rows) per column."""
+    for j in range(mu.shape[1]):
+        ok = np.isfinite(mu[:, j]) & np.isfinite(true[:, j]) & np.isfinite(sigma[:, j])
+        ok &= sigma[:, j] > 0
+        yield int(ok.sum()), (mu[ok, j] - true[ok, j]) / sigma[ok, j]
+
+
+def fit_calibration(
+    model: Calibrated,
+    dataset: str | os.PathLike[str] | Dataset,
+    split: str = "valid",
+    batch_size: int = 256,
+) -> Calibration:
+    """The scales of ``model`` fitted on one split of a prepared dataset.
+
+    ``model`` predicts with ``predict(flux, batch_size=, raw_sigma=True)`` (its uncalibrated
+    σ: a calibrated model is calibrated afresh, not on top of its old scales). Labels the
+    dataset lacks keep the scale 1 (``n`` 0). Raises :class:`DatasetError` for an empty
+    split, a dataset made with other preprocessing, or no label in common.
+    """
+    from lamost_rrnet.dataset import Dataset, open_dataset
+    from lamost_rrnet.errors import DatasetError
+    from lamost_rrnet.evaluate.runner import check_compatible
+
+    if not isinstance(dataset, Dataset):
+        with open_dataset(dataset) as ds:
+            return fit_calibration(model, ds, split, batch_size)
+    ds = dataset
+    check_compatible(ds, model, getattr(model, "name", "the model"))
+    common = [label for label in model.labels if label in ds.label_names]
+    if not common:
+        raise DatasetError(
+            f"{ds.path}: none of its labels ({', '.join(ds.label_names)}) is predicted by the "
+            f"model ({', '.join(model.labels)}): nothing to calibrate"
+        )
+    indices = ds.indices(split)
+    columns = [model.labels.index(label) for label in common]
+    mu = np.empty((indices.size, len(common)))
+    sigma = np.empty_like(mu)
+    done = 0
+    for batch, flux, _ in ds.iter_batches(indices, batch_size):
+        m, s = model.predict(flux, batch_size=batch_size, raw_sigma=True)
+        mu[done : done + batch.size] = m[:, columns]
+        sigma[done : done + batch.size] = s[:, columns]
+        done += batch.size
+    true = ds.labels(indices, common).astype(np.float64)
+    scales = fit_sigma_scales(mu, sigma, true)
+    counts = [n for n, _ in _z_columns(mu, sigma, true)]
+    fitted = dict(zip(common, scales.tolist(), strict=True))
+    used = dict(zip(common, counts, strict=True))
+    return Calibration(
+        {label: fitted.get(label, 1.0) for label in model.labels},
+        split,
+        int(indices.size),
+        str(Path(ds.path).resolve()),
+        {label: used.get(label, 0) for label in model.labels},
+    )
+
+
+def calibrate(
+    model: _Model,
+    dataset: str | os.PathLike[str] | Dataset,
+    split: str = "valid",
+    batch_size: int = 256,
+) -> _Model:
+    """A copy of ``model`` carrying scales fitted on ``split`` of ``dataset``, with the
+    calibrated version (see :func:`fit_calibration`)."""
+    return model.with_calibration(fit_calibration(model, dataset, split, batch_size))
+
+
+def calibrate_model(
+    model: str | os.PathLike[str],
+    dataset: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    split: str = "valid",
+    batch_size: int = 256,
+    overwrite: bool = False,
+    device: str = "auto",
+    progress: bool = False,
+):
+    """Calibrate a model (registry name, model directory or published layout) on ``split`` of
+    ``dataset`` and write it as the model directory ``output``; returns the calibrated model.
+
+    ``output`` is written atomically: it appears complete or not at all. An existing
+    ``output`` raises :class:`OutputExistsError` unless ``overwrite``; it may be the model's
+    own directory, which is read whole before it is replaced.
+    """
+    from lamost_rrnet.atomic import atomic_directory
+    from lamost_rrnet.errors import OutputExistsError
+    from lamost_rrnet.hub import load_model
+    from lamost_rrnet.locking import exclusive
+
+    output = Path(output)
+    with exclusive(output):
+        if (output.exists() or output.is_symlink()) and not overwrite:
+            raise OutputExistsError(f"{output}: already exists: use --overwrite to replace it")
+        calibrated = calibrate(
+            load_model(os.fspath(model), device=device, progress=progress),
+            dataset,
+            split,
+            batch_size,
+        )
+        with atomic_directory(output) as tmp:
+            calibrated.save(tmp)
+    return calibrated
+
+
+def describe(calibration: Calibration, labels: Sequence[str]) -> str:
+    """Lines for the user: each label's scale and the spectra it was fitted on."""
+    lines = [
+        f"σ scales fitted on the {calibration.split} split of {calibration.dataset} "
+        f"({calibration.n_spectra} spectra):"
+    ]
+    for label in labels:
+        n = calibration.n.get(label, 0)
+        scale = calibration.scales.get(label, 1.0)
+        lines.append(f"  {label}: {scale:.3f} ({n} spectra)" if n else f"  {label}: 1 (no labels)")
+    return "\n".join(lines)
