@@ -262,7 +262,7 @@ def test_resume_refuses_to_mix_calibrated_and_uncalibrated_outputs(
     assert run_cli("predict", *args, "--model", plain_dir, "--quiet")[0] == 0
     before = out.read_bytes()
     code, _, err = run_cli("predict", *args, "--model", calibrated_dir, "--resume")
-    assert code == 1 and "written with model 'tiny@1'" in err
+    assert code == 1 and "made with another model ('tiny@1'" in err
     assert out.read_bytes() == before and not journal_dir(out).exists()
     # An unfinished run of the calibrated model (killed before assembling its journal) is not
     # continued with the raw σ, nor with the uncalibrated model.
