@@ -106,7 +106,7 @@ class MRSFile:
     def _number(self, key: str, cast: type, default):
         value = self.header.get(key, default)
         try:
-            if isinstance(value, bool) or isinstance(value, str):
+            if isinstance(value, (bool, str)):
                 raise ValueError
             return cast(value)
         except (ValueError, OverflowError):
@@ -207,9 +207,10 @@ class _Reader:
     def read(self, n: int) -> bytes | bytearray:
         """The next ``n`` bytes, fewer at the end of the file."""
         if n > self._left:
+            held = self.max_bytes - self._left
             raise FileTooLarge(
-                f"{self.path}: holds more than the per-file limit of "
-                f"{self.max_bytes / 2**20:g} MB decompressed (an extension declares {n:,} bytes)"
+                f"{self.path}: over the per-file limit of {self.max_bytes / 2**20:g} MB "
+                f"decompressed ({held:,} bytes held, {n:,} more declared)"
             )
         self._left -= n
         if self._inflate is None:
@@ -392,9 +393,9 @@ def read_mrs(
     stops after them, which makes this several times faster than a general FITS reader.
 
     Extensions that are not read are streamed past, never held. What is held (headers and the
-    extensions read, decompressed) may not exceed ``max_bytes``: a file that needs more raises
-    :class:`~lamost_rrnet.errors.FileTooLarge`. Every failure is a :class:`SpectrumError`
-    naming the file, whatever the bytes in it.
+    extensions read, decompressed) may not exceed ``max_bytes``, nor an arm :data:`MAX_PIXELS`
+    pixels: a file that needs more raises :class:`~lamost_rrnet.errors.FileTooLarge`, before
+    reading it. Every failure is a :class:`SpectrumError` naming the file, whatever its bytes.
     """
     path = str(path)
     wanted = None if extensions is None else [e.upper() for e in extensions]
