@@ -80,3 +80,10 @@ def test_missing_extension_exit_1(run_cli, real_spectra, tmp_path):
         "inspect", real_spectra[GOOD], "--blue", "B-1", "--save", tmp_path / "x.csv"
     )
     assert code == 1 and "no extension B-1" in err
+
+
+def test_the_default_file_limit_is_the_readers():
+    from lamost_rrnet.cli.common import MAX_FILE_MB
+    from lamost_rrnet.spectra.io import MAX_BYTES
+
+    assert MAX_FILE_MB * 2**20 == MAX_BYTES

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import inspect
+import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -891,3 +894,16 @@ def test_non_ascii_model_names_are_escaped_in_the_output(spectra, tmp_path):
         assert unescape_path(hdul[0].header["MODEL"]).decode() == "tïny ★"
     assert unescape_path(_read(out)["model"][0]).decode() == "tïny ★@1"
     assert predict_files([spectra], resume=True, **kw).rows == 2
+
+
+def test_a_file_over_max_file_mb_is_a_too_large_row(run_cli, model_dir, spectra, tmp_path):
+    big = write_file(tmp_path / "big.fits", 9, 9, n=200_000)  # 2 arms of 3.2 MB each
+    shutil.copy(spectra / "a-1.fits.gz", tmp_path / "a-1.fits.gz")
+    common = ("--model", model_dir, "--workers", "0", "--quiet", "-o", "-")
+    code, out, err = run_cli("predict", tmp_path, "--max-file-mb", "2", *common)
+    assert code == 0, err
+    rows = {r["filename"]: r for r in csv.DictReader(io.StringIO(out))}
+    assert rows["big.fits"]["status"] == "too_large" and rows["big.fits"]["flag"] == "0"
+    assert rows["a-1.fits.gz"]["flag"] == "1"
+    code, out, err = run_cli("predict", big, *common)  # under the default limit: read
+    assert code == 0 and "too_large" not in out

@@ -436,3 +436,18 @@ def test_sigkill_at_any_point_then_resume_gives_the_same_dataset(
     rejects = sorted(tuple(r.values()) for r in _rejects(tmp_path / "d_rejects.csv"))
     fresh = uninterrupted.with_name("d_rejects.csv")
     assert rejects == sorted(tuple(r.values()) for r in _rejects(fresh))
+
+
+def test_a_file_over_max_file_mb_is_rejected(sim, tmp_path, run_cli):
+    from test_predict import write_file
+
+    root = tmp_path / "spectra"
+    shutil.copytree(sim / "spectra", root)
+    big = str(read_catalogue(sim / "ref.fits")["filename"][0])  # a good row (BAD, above)
+    write_file(root / big, 1, n=200_000)  # 2 arms of 3.2 MB each, under the same name
+    out = tmp_path / "d.h5"
+    args = ("prepare", sim / "ref.fits", "--spectra-root", root, "-o", out, "--quiet")
+    code, _, err = run_cli(*args, "--workers", "1", "--max-file-mb", "2")
+    assert code == 0, err
+    rejects = {r["filename"]: r["reason"] for r in _rejects(tmp_path / "d_rejects.csv")}
+    assert "over the per-file limit of 2 MB" in rejects[big]

@@ -58,7 +58,7 @@ from lamost_rrnet.identity import (
 )
 from lamost_rrnet.locking import exclusive
 from lamost_rrnet.progress import make_progress, stderr_console
-from lamost_rrnet.spectra.io import COADD_BLUE, COADD_RED, read_mrs
+from lamost_rrnet.spectra.io import COADD_BLUE, COADD_RED, MAX_BYTES, read_mrs
 from lamost_rrnet.spectra.preprocess import PreprocessSpec, normalize, outlier_stats, resample
 
 RV_COLUMNS = ("rv", "rv_ku0", "rv_br0", "rv_lasp0")
@@ -371,6 +371,7 @@ class _Job:
     spec: dict
     exposures: bool
     rv_table: RVTable | None
+    max_bytes: int = MAX_BYTES
 
 
 @dataclass
@@ -411,7 +412,7 @@ def _read_failure(path: str, job: _Job) -> str:
     if job.exposures:
         return UNREADABLE
     try:
-        read_mrs(path)
+        read_mrs(path, max_bytes=job.max_bytes)
     except SpectrumError:
         return UNREADABLE
     return MISSING_EXTENSION
@@ -497,7 +498,9 @@ def _file_rows(path: str, job: _Job, spec: PreprocessSpec) -> list[tuple[dict, A
     name = os.path.basename(path)
     base = _base_row(path, job)
     try:
-        mrs = read_mrs(path, None if job.exposures else [COADD_BLUE, COADD_RED])
+        mrs = read_mrs(
+            path, None if job.exposures else [COADD_BLUE, COADD_RED], max_bytes=job.max_bytes
+        )
     except SpectrumError as exc:
         # A reader's error may name its own status (e.g. a file over the size cap).
         status = getattr(exc, "status", None) or _read_failure(path, job)
@@ -852,6 +855,7 @@ def predict_files(
     worker_threads: int = 1,
     threads: int | None = None,
     raw_sigma: bool = False,
+    max_file_bytes: int = MAX_BYTES,
 ):
     """Run a model over LAMOST MRS files and write (or return) the catalogue.
 
@@ -867,7 +871,8 @@ def predict_files(
     here with ``threads`` torch threads (default: one per core; on a CPU the ensemble runs its
     batches as one single-threaded shard per thread, which shares the cores with the workers
     better than intra-op threads do). The ``_err`` columns hold the model's calibrated σ, or
-    with ``raw_sigma`` the ensemble's own σ; the header's SIGMA says which.
+    with ``raw_sigma`` the ensemble's own σ; the header's SIGMA says which. A file that needs
+    more than ``max_file_bytes`` decompressed becomes a row with status ``too_large``.
 
     ``output`` ending in .fits, .csv or .parquet is written atomically through a resumable
     journal and a :class:`PredictSummary` is returned; ``"-"`` streams CSV to stdout; None
@@ -948,7 +953,7 @@ def predict_files(
                 summary.count(columns["flag"], predicted.size)
                 pending.clear()
 
-            job = _Job(ensemble.preprocessing.to_dict(), bool(exposures), rv_table)
+            job = _Job(ensemble.preprocessing.to_dict(), bool(exposures), rv_table, max_file_bytes)
             in_flight = max(4 * max(workers, 1), 2 * batch_size // FILES_PER_TASK + 1)
             pipeline = _Pipeline(job, workers, in_flight, worker_threads)
             pending: list[_Rows] = []

@@ -28,7 +28,7 @@ from lamost_rrnet.dataset import DatasetWriter
 from lamost_rrnet.errors import CatalogueError, OutputExistsError, SpectrumError
 from lamost_rrnet.locking import exclusive
 from lamost_rrnet.progress import make_progress
-from lamost_rrnet.spectra.io import Spectrum, read_mrs
+from lamost_rrnet.spectra.io import MAX_BYTES, Spectrum, read_mrs
 from lamost_rrnet.spectra.preprocess import RRNET2022, PreprocessSpec, normalize, outlier_stats
 from lamost_rrnet.spectra.preprocess import resample as resample_spectrum
 
@@ -58,10 +58,12 @@ CHUNK_ROWS = 32
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Reject a spectrum with more outlier pixels than this, or a longer run of them."""
+    """Reject a spectrum with more outlier pixels than this, or a longer run of them, or whose
+    file needs more than ``max_file_bytes`` decompressed (spectra.io.read_mrs)."""
 
     max_outliers: int = 100
     max_outlier_run: int = 30
+    max_file_bytes: int = MAX_BYTES
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,11 @@ def process_rows(
         stats: tuple[int, int] | None = None
         try:
             path = _existing_path(task.path)
-            mrs = read_mrs(path, extensions=[task.extname_blue, task.extname_red])
+            mrs = read_mrs(
+                path,
+                extensions=[task.extname_blue, task.extname_red],
+                max_bytes=thresholds.max_file_bytes,
+            )
             spectrum = mrs.spectrum(task.extname_blue.upper(), task.extname_red.upper())
             if np.isfinite(task.rv):
                 rv, source = task.rv, "catalogue"

@@ -8,6 +8,10 @@ import typer
 
 from lamost_rrnet.progress import stderr_console
 
+# spectra.io.MAX_BYTES in MB, written out so that --help does not import the reader
+# (tests/test_cli.py keeps the two equal).
+MAX_FILE_MB = 256
+
 
 @dataclass(frozen=True)
 class GlobalOptions:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from lamost_rrnet.cli.common import MAX_FILE_MB
+
 _OUTPUT_HELP = (
     "Catalogue to write: .fits, .csv or .parquet; '-' writes CSV to stdout. Without it, CSV "
     "goes to stdout."
@@ -74,6 +76,12 @@ def predict_command(
         "--raw-sigma",
         help="Write the ensemble's uncalibrated σ instead of the model's calibrated σ.",
     ),
+    max_file_mb: float = typer.Option(
+        MAX_FILE_MB,
+        "--max-file-mb",
+        min=1,
+        help="Most a spectrum file may hold decompressed, in MB; a larger file is a too_large row.",
+    ),
 ) -> None:
     """Estimate Teff, log g and 15 abundances for LAMOST MRS spectra; write the catalogue."""
     from lamost_rrnet.catalog import output_format
@@ -109,5 +117,6 @@ def predict_command(
         list_file=list_file,
         threads=opts.threads,
         raw_sigma=raw_sigma,
+        max_file_bytes=int(max_file_mb * 2**20),
     )
     info(ctx, summary.text())

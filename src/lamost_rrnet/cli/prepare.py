@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lamost_rrnet.cli.common import info, options
+from lamost_rrnet.cli.common import MAX_FILE_MB, info, options
 
 
 def parse_split(text: str) -> tuple[float, float, float]:
@@ -72,6 +72,12 @@ def prepare_command(
     preprocessing: str = typer.Option(
         "rrnet2022", "--preprocessing", help="rrnet2022, or a YAML/JSON spec (or model.yaml)."
     ),
+    max_file_mb: float = typer.Option(
+        MAX_FILE_MB,
+        "--max-file-mb",
+        min=1,
+        help="Most a spectrum file may hold decompressed, in MB; a larger file is rejected.",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start again from scratch."),
 ) -> None:
@@ -90,7 +96,7 @@ def prepare_command(
         workers=workers,
         fractions=fractions,
         seed=seed,
-        thresholds=Thresholds(max_outliers, max_outlier_run),
+        thresholds=Thresholds(max_outliers, max_outlier_run, int(max_file_mb * 2**20)),
         spec=spec,
         resume=resume,
         overwrite=overwrite,
