@@ -338,7 +338,8 @@ def test_a_reason_with_newlines_stays_on_one_line(sim, tmp_path, monkeypatch):
 
 # A real `prepare` in a subprocess that SIGKILLs itself at one exact point of the build:
 # after a committed chunk, in the middle of writing a part, in the middle of the assembly, and
-# at each step of moving the assembled dataset into place. Chunks of 3 rows give 5 parts.
+# at each step of moving the assembled dataset into place and removing the work directory.
+# Chunks of 3 rows give 5 parts.
 KILLER = """
 import io, os, shutil, signal, sys
 import numpy as np
@@ -391,7 +392,17 @@ elif where == "mid-assembly":
 elif where == "before-move":
     wrap(dataset, "replace_durably", before=lambda src, dst: str(src).endswith("assembled.h5"))
 elif where == "before-cleanup":
-    wrap(dataset.shutil, "rmtree", before=lambda *a: True)
+    finished = lambda path: os.path.exists(os.path.join(path, "finished"))
+    wrap(dataset.shutil, "rmtree", before=finished)
+elif where == "mid-cleanup":
+    real_rmtree = shutil.rmtree
+    def rmtree(path, *args, **kwargs):
+        if os.path.exists(os.path.join(path, "finished")):
+            os.remove(os.path.join(path, "finished"))
+            os.remove(os.path.join(path, "part-000000000.npz"))
+            die()
+        real_rmtree(path, *args, **kwargs)
+    shutil.rmtree = rmtree
 
 from lamost_rrnet.cli.app import main
 main(sys.argv[1:])
@@ -435,7 +446,8 @@ def uninterrupted(sim, tmp_path_factory):
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 @pytest.mark.parametrize(
-    "kill_at", ["after-chunks", "mid-part", "mid-assembly", "before-move", "before-cleanup"]
+    "kill_at",
+    ["after-chunks", "mid-part", "mid-assembly", "before-move", "before-cleanup", "mid-cleanup"],
 )
 def test_sigkill_at_any_point_then_resume_gives_the_same_dataset(
     sim, tmp_path, uninterrupted, kill_at
