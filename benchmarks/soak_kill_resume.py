@@ -13,6 +13,8 @@ On a simulated set (``lamost-rrnet simulate``), through the command line in subp
 3. Comparison: ``prepare``, every array of the dataset (flux, labels, label errors, every meta
    column, split included) identical, and the rejects table the same set of rows;
    ``predict``, the same rows (no key missing or repeated) and every value identical.
+4. After each kill, the killed command's child processes (workers) must end too: those alive
+   10 s later are counted (and killed). Linux (/proc).
 
 Usage: python benchmarks/soak_kill_resume.py [--stars 150] [--kills 20] [--seed 0]
 """
@@ -45,18 +47,49 @@ def run(args: list[str], check: bool = True) -> float:
     return time.perf_counter() - start
 
 
-def attempt(args: list[str], delay: float) -> bool:
-    """Run the command, SIGKILL it after ``delay`` s; True if the kill landed."""
-    proc = subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name: [state, ppid, ...]; None once it has gone."""
     try:
-        proc.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        return True
-    if proc.returncode != 0:
-        sys.exit(f"{args[0]} failed ({proc.returncode}):\n{proc.stderr.read().decode()}")
-    return False
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) and stat[1] == str(pid):
+            kids.append(int(entry.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def attempt(args: list[str], delay: float) -> tuple[bool, int]:
+    """Run the command, SIGKILL it after ``delay`` s: (whether the kill landed, how many of its
+    child processes outlived it by 10 s; those are then killed too)."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            kids = _children(proc.pid)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            deadline = time.monotonic() + 10
+            while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            left = [k for k in kids if _alive(k)]
+            for pid in left:
+                os.kill(pid, signal.SIGKILL)
+            return True, len(left)
+        if proc.returncode != 0:
+            err.seek(0)
+            sys.exit(f"{args[0]} failed ({proc.returncode}):\n{err.read().decode()}")
+    return False, 0
 
 
 def compare_datasets(a: Path, b: Path) -> int:
@@ -113,14 +146,16 @@ def soak(
     compare,
     moment,
 ) -> dict:
-    landed = builds = compared = 0
+    landed = builds = compared = orphans = 0
     delays = []
     moments: Counter[str] = Counter()
     new_build = True
     while landed < kills:
         delay = rng.uniform(0, seconds)
         flag = "--overwrite" if new_build else "--resume"
-        if attempt([*args, flag], delay):
+        killed, left = attempt([*args, flag], delay)
+        orphans += left
+        if killed:
             landed += 1
             delays.append(delay)
             moments[moment(output)] += 1
@@ -139,7 +174,8 @@ def soak(
         flush=True,
     )
     print(f"  killed: {', '.join(f'{k}: {v}' for k, v in sorted(moments.items()))}", flush=True)
-    return {"kills": landed, "builds": builds, "rows": compared}
+    print(f"  child processes alive 10 s after their parent's SIGKILL: {orphans}", flush=True)
+    return {"kills": landed, "builds": builds, "rows": compared, "orphans": orphans}
 
 
 def prepare_moment(output: Path) -> str:

@@ -9,6 +9,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -336,7 +338,8 @@ def test_a_reason_with_newlines_stays_on_one_line(sim, tmp_path, monkeypatch):
 
 # A real `prepare` in a subprocess that SIGKILLs itself at one exact point of the build:
 # after a committed chunk, in the middle of writing a part, in the middle of the assembly, and
-# at each step of moving the assembled dataset into place. Chunks of 3 rows give 5 parts.
+# at each step of moving the assembled dataset into place and removing the work directory.
+# Chunks of 3 rows give 5 parts.
 KILLER = """
 import io, os, shutil, signal, sys
 import numpy as np
@@ -363,6 +366,15 @@ def wrap(owner, name, before=None, after=None):
 
 if where == "after-chunks":
     wrap(dataset.DatasetWriter, "append", after=lambda: calls.count("append") == 2)
+elif where == "with-workers":
+    def record_workers():
+        if calls.count("append") < 2:
+            return False
+        import multiprocessing
+        with open(os.environ["WORKER_PIDS"], "w") as f:
+            f.write(" ".join(str(p.pid) for p in multiprocessing.active_children()))
+        return True
+    wrap(dataset.DatasetWriter, "append", after=record_workers)
 elif where == "mid-part":
     real_savez = np.savez
     def savez(fh, **arrays):
@@ -380,15 +392,25 @@ elif where == "mid-assembly":
 elif where == "before-move":
     wrap(dataset, "replace_durably", before=lambda src, dst: str(src).endswith("assembled.h5"))
 elif where == "before-cleanup":
-    wrap(dataset.shutil, "rmtree", before=lambda *a: True)
+    finished = lambda path: os.path.exists(os.path.join(path, "finished"))
+    wrap(dataset.shutil, "rmtree", before=finished)
+elif where == "mid-cleanup":
+    real_rmtree = shutil.rmtree
+    def rmtree(path, *args, **kwargs):
+        if os.path.exists(os.path.join(path, "finished")):
+            os.remove(os.path.join(path, "finished"))
+            os.remove(os.path.join(path, "part-000000000.npz"))
+            die()
+        real_rmtree(path, *args, **kwargs)
+    shutil.rmtree = rmtree
 
 from lamost_rrnet.cli.app import main
 main(sys.argv[1:])
 """
 
 
-def _prepare_subprocess(args, kill_at=None):
-    env = dict(os.environ)
+def _prepare_subprocess(args, kill_at=None, **extra_env):
+    env = dict(os.environ, **extra_env)
     src = str(Path(lamost_rrnet.__file__).parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     code = "from lamost_rrnet.cli.app import main; main()"
@@ -396,7 +418,12 @@ def _prepare_subprocess(args, kill_at=None):
         env["KILL_AT"] = kill_at
         code = KILLER
     cmd = [sys.executable, "-c", code, *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    # stderr to a file, not a pipe: a worker left alive would hold a pipe open for ever.
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, timeout=120)
+        err.seek(0)
+        proc.stderr = err.read().decode(errors="replace")
+    return proc
 
 
 def _same_dataset(a, b):
@@ -419,7 +446,8 @@ def uninterrupted(sim, tmp_path_factory):
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 @pytest.mark.parametrize(
-    "kill_at", ["after-chunks", "mid-part", "mid-assembly", "before-move", "before-cleanup"]
+    "kill_at",
+    ["after-chunks", "mid-part", "mid-assembly", "before-move", "before-cleanup", "mid-cleanup"],
 )
 def test_sigkill_at_any_point_then_resume_gives_the_same_dataset(
     sim, tmp_path, uninterrupted, kill_at
@@ -451,3 +479,30 @@ def test_a_file_over_max_file_mb_is_rejected(sim, tmp_path, run_cli):
     assert code == 0, err
     rejects = {r["filename"]: r["reason"] for r in _rejects(tmp_path / "d_rejects.csv")}
     assert "over the per-file limit of 2 MB" in rejects[big]
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie that nobody reaps has ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_the_workers_of_a_killed_prepare_end_with_it(sim, tmp_path):
+    pids_file = tmp_path / "workers"
+    args = ["prepare", str(sim / "ref.fits"), "--spectra-root", str(sim / "spectra")]
+    args += ["-o", str(tmp_path / "d.h5"), "--workers", "2", "--quiet"]
+    killed = _prepare_subprocess(args, "with-workers", WORKER_PIDS=str(pids_file))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    pids = [int(p) for p in pids_file.read_text().split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 60  # a bound for a loaded machine, not a timing claim
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    orphans = [p for p in pids if _alive(p)]
+    for pid in orphans:  # leave nothing behind, even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert orphans == []

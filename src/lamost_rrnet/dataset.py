@@ -221,8 +221,9 @@ class DatasetWriter:
     (``resume=True``) from its last committed append; nothing is ever open for writing across
     appends. :meth:`finish` assembles the parts, in order, into ``assembled.h5`` in the work
     directory (again a temporary, fsynced, renamed), marks it ``finished``, moves it to the
-    output path and removes the work directory; a run killed during any of these steps
-    completes them on resume. Temporaries left by a kill are removed on the next start.
+    output path and removes the work directory (renamed to ``.<name>.parts.removed`` first,
+    so that it goes as a whole); a run killed during any of these steps completes them on
+    resume. Temporaries left by a kill are removed on the next start.
 
     An existing finished dataset is refused unless ``overwrite`` (start again; the old file
     stays until the new one replaces it) or ``resume`` (extend it: it moves into the work
@@ -244,12 +245,14 @@ class DatasetWriter:
         self.work = work_dir_for(self.path)
         self.label_names = list(label_names)
         self.preprocessing = preprocessing
+        self.trash = self.work.with_name(self.work.name + ".removed")
+        shutil.rmtree(self.trash, ignore_errors=True)  # a removal that a kill cut short
         self._complete_interrupted_finish()
         remove_stale_temporaries(self.path)
         if self.work.exists() and not (self.work / _BUILD).exists():
-            shutil.rmtree(self.work)  # killed before it recorded the build: nothing committed
+            self._discard()  # killed before it recorded the build: nothing committed
         if overwrite:
-            shutil.rmtree(self.work, ignore_errors=True)
+            self._discard()
         elif not resume:
             if self.path.exists():
                 raise OutputExistsError(f"{self.path}: exists; use --resume or --overwrite")
@@ -294,7 +297,18 @@ class DatasetWriter:
             return
         if (self.work / _ASSEMBLED).exists():
             replace_durably(self.work / _ASSEMBLED, self.path)
-        shutil.rmtree(self.work)
+        self._discard()
+
+    def _discard(self) -> None:
+        """Remove the work directory as a whole: renamed away first, then deleted.
+
+        A kill in the middle of deleting it must not leave a build with some parts missing,
+        which a resume would take for an unfinished one and complete out of order.
+        """
+        if self.work.exists():
+            os.replace(self.work, self.trash)
+            fsync_path(self.work.parent)
+        shutil.rmtree(self.trash, ignore_errors=True)
 
     def _read_build(self) -> dict:
         """The recorded settings of the unfinished build, checked against this writer's."""
@@ -399,7 +413,7 @@ class DatasetWriter:
     def finish(self, fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0) -> Path:
         """Assemble the committed rows, split by star, into the dataset at its final path."""
         if self.n == 0:
-            shutil.rmtree(self.work, ignore_errors=True)  # nothing to resume from
+            self._discard()  # nothing to resume from
             raise DatasetError(f"{self.path}: no spectra were accepted, so there is no dataset")
         with atomic_path(self.work / _ASSEMBLED) as tmp, h5py.File(tmp, "w") as f:
             _write_root_attrs(f, self.preprocessing)

@@ -26,6 +26,7 @@ from lamost_rrnet.atomic import replace_durably
 from lamost_rrnet.crossmatch import read_catalogue, reference_label_names
 from lamost_rrnet.dataset import DatasetWriter
 from lamost_rrnet.errors import CatalogueError, OutputExistsError, SpectrumError
+from lamost_rrnet.lifeline import exit_with_parent
 from lamost_rrnet.locking import exclusive
 from lamost_rrnet.progress import make_progress
 from lamost_rrnet.spectra.io import MAX_BYTES, Spectrum, read_mrs
@@ -183,7 +184,9 @@ def process_rows(
 
 
 def _init_worker() -> None:
-    """One BLAS/OpenMP thread per worker: the parallelism is the processes."""
+    """One BLAS/OpenMP thread per worker: the parallelism is the processes. A worker ends
+    with its parent, so that a killed run leaves none behind."""
+    exit_with_parent()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"  # before any torch import in this process
     from threadpoolctl import threadpool_limits
