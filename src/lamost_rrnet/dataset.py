@@ -4,11 +4,16 @@ Layout (docs/architecture.md, "Dataset file"):
 
 =================  ==============================================================
 ``/flux``          float32 (N, n_pixels), chunked by rows
+``/ivar``          float32 (N, n_pixels), inverse variance of ``/flux`` (format 2; optional)
 ``/labels``        float32 (N, L), attribute ``names``
 ``/label_errors``  float32 (N, L), NaN where unknown
 ``/meta/<column>`` one 1-D dataset per column (strings are UTF-8)
-root attributes    ``preprocessing`` (JSON), ``lamost_rrnet_version``, ``created``
+root attributes    ``preprocessing`` (JSON), ``lamost_rrnet_version``, ``created``,
+                   ``format_version``
 =================  ==============================================================
+
+Format 2 added ``/ivar`` and ``format_version``; a file without the attribute is format 1 and
+is still read (:meth:`Dataset.ivar` then falls back to each arm's S/N).
 
 :func:`write_dataset` writes one in one call; :class:`DatasetWriter` builds one in appends
 and resumes an interrupted build; :func:`open_dataset` reads one with chunked reads, so that
@@ -40,6 +45,8 @@ CHUNK_ROWS = 8
 _CACHE_BYTES = 64 * 2**20
 _STR = h5py.string_dtype("utf-8")
 _COMMITTED = "rows_committed"
+#: The layout version written; readers accept it and every older one.
+FORMAT_VERSION = 2
 
 
 def assign_splits(
@@ -117,6 +124,16 @@ def _write_root_attrs(f: h5py.File, spec: PreprocessSpec) -> None:
     f.attrs["preprocessing"] = json.dumps(spec.to_dict())
     f.attrs["lamost_rrnet_version"] = __version__
     f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    f.attrs["format_version"] = FORMAT_VERSION
+
+
+def _create_rows(f: h5py.File, name: str, data: np.ndarray | None, n_pix: int) -> None:
+    """A resizable (rows, n_pixels) float32 array chunked like ``/flux``."""
+    chunks = (CHUNK_ROWS, n_pix)
+    if data is None:
+        f.create_dataset(name, (0, n_pix), np.float32, maxshape=(None, n_pix), chunks=chunks)
+    else:
+        f.create_dataset(name, data=data, chunks=chunks, maxshape=(None, n_pix))
 
 
 def write_dataset(
@@ -130,13 +147,19 @@ def write_dataset(
     *,
     fractions: Sequence[float] = (0.7, 0.1, 0.2),
     seed: int = 0,
+    ivar: np.ndarray | None = None,
 ) -> Path:
     """Write a whole dataset in one call (atomically) and return its path.
 
     ``meta`` maps column names to 1-D arrays of N values. Without a ``split`` column, splits
     are assigned by ``star_id`` with :func:`assign_splits` (``fractions``, ``seed``).
+    ``ivar`` (N, n_pixels), the flux's inverse variance, is written as ``/ivar`` when given.
     """
     flux = np.asarray(flux, np.float32)
+    if ivar is not None:
+        ivar = np.asarray(ivar, np.float32)
+        if ivar.shape != flux.shape:
+            raise ValueError(f"ivar must be {flux.shape}, got {ivar.shape}")
     labels = np.asarray(labels, np.float32)
     label_errors = (
         np.full_like(labels, np.nan)
@@ -156,8 +179,9 @@ def write_dataset(
         f.attrs["split_seed"] = int(seed)
         # Resizable like DatasetWriter's, so that a resumed build can append to any dataset.
         n_pix, n_lab = flux.shape[1], labels.shape[1]
-        chunks = (CHUNK_ROWS, n_pix)
-        f.create_dataset("flux", data=flux, chunks=chunks, maxshape=(None, n_pix))
+        _create_rows(f, "flux", flux, n_pix)
+        if ivar is not None:
+            _create_rows(f, "ivar", ivar, n_pix)
         ds = f.create_dataset("labels", data=labels, maxshape=(None, n_lab))
         ds.attrs["names"] = list(label_names)
         f.create_dataset("label_errors", data=label_errors, maxshape=(None, n_lab))
@@ -174,7 +198,7 @@ class DatasetWriter:
     Rows go to ``<path>.partial`` and are committed after each :meth:`append`: a build killed at
     any point resumes (``resume=True``) from its last committed row. An existing finished
     dataset is refused unless ``overwrite`` (start again) or ``resume`` (reopen it, append
-    what is missing, split again) is given.
+    what is missing, split again) is given. With ``with_ivar`` every append gives ``ivar``.
     """
 
     def __init__(
@@ -185,8 +209,10 @@ class DatasetWriter:
         *,
         resume: bool = False,
         overwrite: bool = False,
+        with_ivar: bool = False,
     ):
         self.path = Path(path)
+        self.with_ivar = with_ivar
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.label_names = list(label_names)
         self.preprocessing = preprocessing
@@ -208,9 +234,9 @@ class DatasetWriter:
         f.attrs[_COMMITTED] = 0
         n_pix = self.preprocessing.n_pixels
         n_lab = len(self.label_names)
-        f.create_dataset(
-            "flux", (0, n_pix), np.float32, maxshape=(None, n_pix), chunks=(CHUNK_ROWS, n_pix)
-        )
+        _create_rows(f, "flux", None, n_pix)
+        if self.with_ivar:
+            _create_rows(f, "ivar", None, n_pix)
         ds = f.create_dataset("labels", (0, n_lab), np.float32, maxshape=(None, n_lab))
         ds.attrs["names"] = self.label_names
         f.create_dataset("label_errors", (0, n_lab), np.float32, maxshape=(None, n_lab))
@@ -223,6 +249,7 @@ class DatasetWriter:
             with h5py.File(path, "r") as f:
                 names = [str(n) for n in f["labels"].attrs["names"]]
                 spec = PreprocessSpec.from_dict(json.loads(f.attrs["preprocessing"]))
+                has_ivar = "ivar" in f
         except OSError as exc:
             raise DatasetError(
                 f"{path}: cannot resume from it ({exc}); start again with --overwrite"
@@ -234,6 +261,11 @@ class DatasetWriter:
                 f"{path}: was built with other labels or preprocessing; "
                 "start again with --overwrite"
             )
+        if has_ivar != self.with_ivar:
+            raise DatasetError(
+                f"{path}: was built {'with' if has_ivar else 'without'} /ivar (another "
+                "version); start again with --overwrite"
+            )
 
     def _reopen(self) -> h5py.File:
         f = h5py.File(self.partial, "a")
@@ -242,7 +274,8 @@ class DatasetWriter:
         f.attrs[_COMMITTED] = n
         if "split" in f["meta"]:
             del f["meta"]["split"]  # re-assigned by finish() over all rows
-        for ds in (f["flux"], f["labels"], f["label_errors"], *f["meta"].values()):
+        rows = [f["flux"], f["labels"], f["label_errors"], *f["meta"].values()]
+        for ds in rows + ([f["ivar"]] if "ivar" in f else []):
             ds.resize(n, axis=0)
         return f
 
@@ -264,9 +297,18 @@ class DatasetWriter:
         labels: np.ndarray,
         meta: Mapping[str, np.ndarray | Sequence],
         label_errors: np.ndarray | None = None,
+        *,
+        ivar: np.ndarray | None = None,
     ) -> None:
         """Append rows and commit them. The meta columns must be the same in every append."""
         flux = np.asarray(flux, np.float32)
+        if (ivar is not None) != self.with_ivar:
+            raise ValueError(f"ivar must {'' if self.with_ivar else 'not '}be given to this writer")
+        arrays = [("flux", flux)]
+        if ivar is not None:
+            arrays.append(("ivar", np.asarray(ivar, np.float32)))
+            if arrays[1][1].shape != flux.shape:
+                raise ValueError(f"ivar must be {flux.shape}, got {arrays[1][1].shape}")
         labels = np.asarray(labels, np.float32)
         k = flux.shape[0]
         if k == 0:
@@ -285,7 +327,7 @@ class DatasetWriter:
             )
         start = self.n
         stop = start + k
-        for name, data in (("flux", flux), ("labels", labels), ("label_errors", label_errors)):
+        for name, data in (*arrays, ("labels", labels), ("label_errors", label_errors)):
             f[name].resize(stop, axis=0)
             f[name][start:stop] = data
         for name, values in meta.items():
@@ -347,7 +389,16 @@ class Dataset:
         if _COMMITTED in f.attrs:
             f.close()
             raise DatasetError(f"{self.path}: an unfinished build; finish it with --resume")
+        version = int(f.attrs.get("format_version", 1))
+        if version > FORMAT_VERSION:
+            f.close()
+            raise DatasetError(
+                f"{self.path}: dataset format {version} is newer than this lamost-rrnet reads "
+                f"({FORMAT_VERSION}); upgrade lamost-rrnet"
+            )
+        self.format_version = version
         self._flux = f["flux"]
+        self._ivar = f["ivar"] if "ivar" in f else None
         self.label_names: list[str] = [str(n) for n in f["labels"].attrs["names"]]
         self.preprocessing = PreprocessSpec.from_dict(json.loads(f.attrs["preprocessing"]))
         self.attrs = {k: f.attrs[k] for k in f.attrs}
@@ -391,29 +442,39 @@ class Dataset:
             raise DatasetError(f"{self.path}: the {split} split is empty")
         return idx
 
-    def flux(self, indices: np.ndarray | Sequence[int]) -> np.ndarray:
-        """float32 (k, n_pixels) for the rows given, in that order; reads only their chunks."""
+    @property
+    def has_ivar(self) -> bool:
+        """Whether the dataset has per-pixel ``/ivar`` (format 2 built by prepare)."""
+        return self._ivar is not None
+
+    def _read_rows(self, array: h5py.Dataset, indices: np.ndarray | Sequence[int]) -> np.ndarray:
         idx = np.asarray(indices, np.int64)
         if idx.size == 0:
-            return np.empty((0, self._flux.shape[1]), np.float32)
+            return np.empty((0, array.shape[1]), np.float32)
         if idx.min() < 0 or idx.max() >= self.n:
             raise IndexError(f"row indices out of range 0..{self.n - 1}")
         unique, inverse = np.unique(idx, return_inverse=True)
         lo, hi = int(unique[0]), int(unique[-1]) + 1
         if hi - lo <= 2 * unique.size:
             # Nearly contiguous: one slab read beats per-row selection.
-            rows = self._flux[lo:hi][unique - lo]
+            rows = array[lo:hi][unique - lo]
         else:
-            rows = self._flux[unique]
+            rows = array[unique]
         return rows[inverse]
+
+    def flux(self, indices: np.ndarray | Sequence[int]) -> np.ndarray:
+        """float32 (k, n_pixels) for the rows given, in that order; reads only their chunks."""
+        return self._read_rows(self._flux, indices)
 
     def ivar(self, indices: np.ndarray | Sequence[int]) -> np.ndarray:
         """float32 (k, n_pixels) inverse variance of the normalized flux of the rows given.
 
-        A dataset without per-pixel ``/ivar`` gets the arm's S/N squared on every pixel of
-        that arm: normalized flux is about 1 on the continuum, so its noise is about 1/S/N.
-        An unknown or non-positive S/N gives 0 (no information).
+        It is ``/ivar`` where the dataset has it. A dataset without (format 1) gets the arm's
+        S/N squared on every pixel of that arm: normalized flux is about 1 on the continuum,
+        so its noise is about 1/S/N. An unknown or non-positive S/N gives 0 (no information).
         """
+        if self._ivar is not None:
+            return self._read_rows(self._ivar, indices)
         idx = np.asarray(indices, np.int64)
         n_blue = self.preprocessing.grids()[0].size
         out = np.empty((idx.size, self._flux.shape[1]), np.float32)
