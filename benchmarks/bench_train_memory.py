@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, nargs="*", default=[2000, 20000])
     parser.add_argument("--dataset", type=Path, help="measure this dataset instead")
     parser.add_argument("--members", type=int, default=6)
-    parser.add_argument("--micro-batch", type=int, nargs="+", default=[32])
+    parser.add_argument("--micro-batch", type=int, nargs="+", default=[16])
     parser.add_argument("--recipe", default="default")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--valid", type=int, default=256)

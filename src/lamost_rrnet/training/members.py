@@ -43,7 +43,7 @@ class Recipe:
     tilt: float = 0.0  # σ of a random continuum tilt, end to end of each arm
     # Spectra per forward/backward pass: a batch's gradient is summed over micro-batches, so
     # the activations held for the backward pass are those of micro_batch spectra per member.
-    micro_batch: int = 32
+    micro_batch: int = 16
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate of 1-based ``epoch``."""
