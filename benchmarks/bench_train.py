@@ -24,7 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from lamost_rrnet.ensemble import Normalization
 from lamost_rrnet.models import create_model
+from lamost_rrnet.spectra.preprocess import RRNET2022
+from lamost_rrnet.training.augment import BatchAugmenter
 from lamost_rrnet.training.data import SplitData
 from lamost_rrnet.training.members import Recipe, Shard, gaussian_nll
 
@@ -60,6 +63,8 @@ def shards(
     torch.set_num_threads(max(1, threads // n_shards))
     work = [Shard("SP", y.shape[1], list(p), "rrnet", {}, 0, torch.device("cpu")) for p in parts]
     std = np.ones(y.shape[1])
+    identity = Normalization(np.zeros(7200), np.ones(7200), ["a"], np.zeros(1), np.ones(1))
+    augment = BatchAugmenter(recipe, identity, RRNET2022, None)
 
     def epoch(n: int):
         flux = {"train": x[:n], "valid": x[:2]}
@@ -68,7 +73,11 @@ def shards(
             "valid": SplitData(np.arange(2), y[:2], 0),
         }
         with ThreadPoolExecutor(n_shards) as pool:
-            list(pool.map(lambda s: s.run_epoch(1, recipe, flux, rows, std, lambda k: None), work))
+            list(
+                pool.map(
+                    lambda s: s.run_epoch(1, recipe, flux, rows, std, lambda k: None, augment), work
+                )
+            )
 
     epoch(batch)
     start = time.perf_counter()

@@ -100,6 +100,33 @@ def test_ivar_without_a_per_pixel_array_comes_from_each_arms_snr(tmp_path):
     np.testing.assert_array_equal(ivar, np.hstack([want_blue, want_red]))
 
 
+def test_per_pixel_ivar_is_stored_and_read_back(tmp_path):
+    flux, labels, errors, meta = _rows(5)
+    ivar = np.random.default_rng(2).uniform(1, 1e4, flux.shape).astype(np.float32)
+    write_dataset(tmp_path / "d.h5", flux, labels, NAMES, meta, errors, ivar=ivar)
+    with h5py.File(tmp_path / "d.h5", "r") as f:
+        assert f.attrs["format_version"] == 2
+        assert f["ivar"].dtype == np.float32 and f["ivar"].chunks == f["flux"].chunks
+    with open_dataset(tmp_path / "d.h5") as ds:
+        assert ds.has_ivar and ds.format_version == 2
+        np.testing.assert_array_equal(ds.ivar([4, 0, 4]), ivar[[4, 0, 4]])
+
+
+def test_a_format_1_dataset_is_read_and_a_newer_format_refused(tmp_path):
+    flux, labels, errors, meta = _rows(4)
+    write_dataset(tmp_path / "old.h5", flux, labels, NAMES, meta, errors)
+    with h5py.File(tmp_path / "old.h5", "a") as f:
+        del f.attrs["format_version"]  # as written before format 2
+    with open_dataset(tmp_path / "old.h5") as ds:
+        assert ds.format_version == 1 and not ds.has_ivar
+        np.testing.assert_array_equal(ds.flux([2]), flux[[2]])
+        assert ds.ivar([0]).shape == (1, 7200)
+    with h5py.File(tmp_path / "old.h5", "a") as f:
+        f.attrs["format_version"] = 99
+    with pytest.raises(DatasetError, match="format 99 is newer"):
+        open_dataset(tmp_path / "old.h5")
+
+
 def test_missing_errors_are_nan_and_missing_split_raises(tmp_path):
     flux, labels, _, meta = _rows(6)
     meta["split"] = ["train"] * 5 + ["test"]

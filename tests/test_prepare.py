@@ -22,7 +22,7 @@ from lamost_rrnet.crossmatch import crossmatch, read_catalogue, write_reference
 from lamost_rrnet.dataset import open_dataset, work_dir_for
 from lamost_rrnet.prepare import Thresholds, prepare_dataset
 from lamost_rrnet.spectra.io import read_mrs
-from lamost_rrnet.spectra.preprocess import preprocess
+from lamost_rrnet.spectra.preprocess import preprocess, resample, resample_ivar
 from synth_inputs import write_set
 
 # Row 1: 150 bad pixels (too many); row 2: a run of 40 (too long); row 4: corrupt; row 5: absent.
@@ -81,6 +81,15 @@ def test_prepare_end_to_end_with_rejects(sim, tmp_path, run_cli):
         np.testing.assert_allclose(ds.flux([i])[0], expected, rtol=1e-5, atol=1e-6)
         assert ds.label_names[0] == "Teff[K]" and np.isfinite(ds.labels()).all()
         assert np.isfinite(ds.label_errors()).all()
+        # ivar is the resampled IVAR in the normalized flux's units: times the continuum².
+        rv = float(ds.meta("rv")[i])
+        continuum = resample(mrs.coadd(), rv) / expected
+        want = resample_ivar(mrs.coadd(), rv) * continuum**2
+        got = ds.ivar([i])[0]
+        assert ds.has_ivar and (got > 0).mean() > 0.99
+        # The median cleaning changes a few flux pixels, and with them this continuum.
+        close = np.isclose(got, want, rtol=1e-3)
+        assert close.mean() > 0.97
 
 
 def test_thresholds_are_configurable(sim, tmp_path):

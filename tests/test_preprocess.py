@@ -133,3 +133,28 @@ def test_iteration_cap_stops_a_never_converging_fit():
     flux[0, ::2] = 1e6  # pathological: every other pixel an extreme outlier
     out = normalize(flux)
     assert out.shape == (1, 7200)
+
+
+def test_resampled_ivar_propagates_the_interpolations_variance():
+    from lamost_rrnet.spectra.preprocess import resample_ivar_arm
+
+    wave = np.array([0.0, 1.0, 2.0, 3.0])
+    ivar = np.array([4.0, 1.0, 0.0, 2.0], np.float32)
+    grid = np.array([0.0, 0.5, 1.0, 1.5, 3.0])
+    got = resample_ivar_arm(wave, ivar, grid)
+    # 0.5: (1/2)²/4 + (1/2)²/1 = 0.3125; 1.5 leans half on a pixel with no information.
+    np.testing.assert_allclose(got, [4.0, 1 / 0.3125, 1.0, 0.0, 2.0], rtol=1e-6)
+    assert got.dtype == np.float32
+
+
+def test_resampled_ivar_matches_the_scatter_of_resampled_noise():
+    from lamost_rrnet.spectra.preprocess import resample_arm, resample_ivar_arm
+
+    rng = np.random.default_rng(3)
+    wave = np.linspace(5000.0, 5010.0, 41)
+    sigma = rng.uniform(0.5, 2.0, wave.size)
+    grid = np.linspace(5000.5, 5009.5, 37)
+    noise = rng.normal(0.0, sigma, (4000, wave.size))
+    resampled = np.stack([resample_arm(wave, n, grid) for n in noise])
+    predicted = 1.0 / resample_ivar_arm(wave, 1.0 / sigma**2, grid)
+    np.testing.assert_allclose(resampled.var(axis=0), predicted, rtol=0.1)

@@ -170,6 +170,7 @@ def cli_model(tmp_path_factory, dataset):
     out = tmp_path_factory.mktemp("cli") / "model"
     args = ["train", dataset, "-o", out, "--members", "2", "--epochs", "2", "--nr", "2,2,2"]
     args += ["--batch-size", "8", "--noise-from-epoch", "2", "--seed", "5", "--quiet"]
+    args += ["--recipe", "paper"]  # the published learning rate, checked in the history
     try:
         main([str(a) for a in args])
     except SystemExit as exc:
@@ -431,7 +432,9 @@ def test_option_beats_environment_beats_config_beats_default(
     assert captured["batch_size"] == 32  # environment over config
     assert captured["epochs"] == 7 and captured["lr"] == 0.001  # config over default
     assert captured["arch_kwargs"] == {"Nr": [2, 2, 2]}
-    assert captured["noise_prob"] == 0.25 and captured["seed"] == 0  # defaults
+    # Defaults: the recipe's own noise, the default recipe.
+    assert captured["noise_prob"] is None and captured["seed"] == 0
+    assert captured["recipe"] == "default"
     config.write_text("epoch: 3\n")
     code, _, err = run_cli("train", dataset, "-o", tmp_path / "m", "--config", config)
     assert code == 2 and "unknown option" in err

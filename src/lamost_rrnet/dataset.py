@@ -4,11 +4,16 @@ Layout (docs/architecture.md, "Dataset file"):
 
 =================  ==============================================================
 ``/flux``          float32 (N, n_pixels), chunked by rows
+``/ivar``          float32 (N, n_pixels), inverse variance of ``/flux`` (format 2; optional)
 ``/labels``        float32 (N, L), attribute ``names``
 ``/label_errors``  float32 (N, L), NaN where unknown
 ``/meta/<column>`` one 1-D dataset per column (strings are UTF-8)
-root attributes    ``preprocessing`` (JSON), ``lamost_rrnet_version``, ``created``
+root attributes    ``preprocessing`` (JSON), ``lamost_rrnet_version``, ``created``,
+                   ``format_version``
 =================  ==============================================================
+
+Format 2 added ``/ivar`` and ``format_version``; a file without the attribute is format 1 and
+is still read (:meth:`Dataset.ivar` then falls back to each arm's S/N).
 
 :func:`write_dataset` writes one in one call; :class:`DatasetWriter` builds one in appends,
 each committed as its own file, and resumes a build killed at any point; :func:`open_dataset`
@@ -51,6 +56,8 @@ _STR = h5py.string_dtype("utf-8")
 # The work directory of a build (DatasetWriter): what it holds, by name.
 _BUILD, _BASE, _ASSEMBLED, _FINISHED = "build.json", "base.h5", "assembled.h5", "finished"
 _COPY_ROWS = 1024  # rows of a base dataset copied at once while assembling (30 MB of flux)
+#: The layout version written; readers accept it and every older one.
+FORMAT_VERSION = 2
 
 
 def assign_splits(
@@ -128,6 +135,7 @@ def _write_root_attrs(f: h5py.File, spec: PreprocessSpec) -> None:
     f.attrs["preprocessing"] = json.dumps(spec.to_dict())
     f.attrs["lamost_rrnet_version"] = __version__
     f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    f.attrs["format_version"] = FORMAT_VERSION
 
 
 def write_dataset(
@@ -141,13 +149,19 @@ def write_dataset(
     *,
     fractions: Sequence[float] = (0.7, 0.1, 0.2),
     seed: int = 0,
+    ivar: np.ndarray | None = None,
 ) -> Path:
     """Write a whole dataset in one call (atomically) and return its path.
 
     ``meta`` maps column names to 1-D arrays of N values. Without a ``split`` column, splits
     are assigned by ``star_id`` with :func:`assign_splits` (``fractions``, ``seed``).
+    ``ivar`` (N, n_pixels), the flux's inverse variance, is written as ``/ivar`` when given.
     """
     flux = np.asarray(flux, np.float32)
+    if ivar is not None:
+        ivar = np.asarray(ivar, np.float32)
+        if ivar.shape != flux.shape:
+            raise ValueError(f"ivar must be {flux.shape}, got {ivar.shape}")
     labels = np.asarray(labels, np.float32)
     label_errors = (
         np.full_like(labels, np.nan)
@@ -167,8 +181,9 @@ def write_dataset(
         f.attrs["split_seed"] = int(seed)
         # Resizable like DatasetWriter's output, as the layout has always been.
         n_pix, n_lab = flux.shape[1], labels.shape[1]
-        chunks = (CHUNK_ROWS, n_pix)
-        f.create_dataset("flux", data=flux, chunks=chunks, maxshape=(None, n_pix))
+        for name, data in (("flux", flux), ("ivar", ivar)):
+            if data is not None:
+                _create_row_dataset(f, name, len(data), data, n_pix)[...] = data
         ds = f.create_dataset("labels", data=labels, maxshape=(None, n_lab))
         ds.attrs["names"] = list(label_names)
         f.create_dataset("label_errors", data=label_errors, maxshape=(None, n_lab))
@@ -230,6 +245,7 @@ class DatasetWriter:
     directory as ``base.h5``, and :meth:`finish` assembles it and the new parts, split again).
     An unfinished build is refused unless ``resume`` (continue it) or ``overwrite``.
     The caller holds the output's lock (:func:`lamost_rrnet.locking.exclusive`).
+    With ``with_ivar`` every append gives ``ivar``, written as ``/ivar``.
     """
 
     def __init__(
@@ -240,9 +256,11 @@ class DatasetWriter:
         *,
         resume: bool = False,
         overwrite: bool = False,
+        with_ivar: bool = False,
     ):
         self.path = Path(path)
         self.work = work_dir_for(self.path)
+        self.with_ivar = with_ivar
         self.label_names = list(label_names)
         self.preprocessing = preprocessing
         self.trash = self.work.with_name(self.work.name + ".removed")
@@ -275,6 +293,7 @@ class DatasetWriter:
             build = {
                 "label_names": self.label_names,
                 "preprocessing": self.preprocessing.to_dict(),
+                "with_ivar": self.with_ivar,
                 "extends": extends,
             }
             atomic_write_bytes(self.work / _BUILD, json.dumps(build).encode())
@@ -319,9 +338,13 @@ class DatasetWriter:
             spec = PreprocessSpec.from_dict(build["preprocessing"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DatasetError(f"{path}: unreadable ({exc}); start again with --overwrite") from exc
-        if names != self.label_names or spec != self.preprocessing:
+        if (
+            names != self.label_names
+            or spec != self.preprocessing
+            or build.get("with_ivar", False) != self.with_ivar
+        ):
             raise DatasetError(
-                f"{self.work}: an unfinished build with other labels or preprocessing; "
+                f"{self.work}: an unfinished build with other labels, preprocessing or /ivar; "
                 "start again with --overwrite"
             )
         return build
@@ -332,6 +355,7 @@ class DatasetWriter:
             with h5py.File(path, "r") as f:
                 names = [str(n) for n in f["labels"].attrs["names"]]
                 spec = PreprocessSpec.from_dict(json.loads(f.attrs["preprocessing"]))
+                has_ivar = "ivar" in f
         except OSError as exc:
             raise DatasetError(
                 f"{path}: cannot resume from it ({exc}); start again with --overwrite"
@@ -342,6 +366,11 @@ class DatasetWriter:
             raise DatasetError(
                 f"{path}: was built with other labels or preprocessing; "
                 "start again with --overwrite"
+            )
+        if has_ivar != self.with_ivar:
+            raise DatasetError(
+                f"{path}: was built {'with' if has_ivar else 'without'} /ivar (another "
+                "version); start again with --overwrite"
             )
 
     @staticmethod
@@ -382,9 +411,15 @@ class DatasetWriter:
         labels: np.ndarray,
         meta: Mapping[str, np.ndarray | Sequence],
         label_errors: np.ndarray | None = None,
+        *,
+        ivar: np.ndarray | None = None,
     ) -> None:
         """Append rows and commit them. The meta columns must be the same in every append."""
         flux = np.asarray(flux, np.float32)
+        if (ivar is not None) != self.with_ivar:
+            raise ValueError(f"ivar must {'' if self.with_ivar else 'not '}be given to this writer")
+        if ivar is not None and np.shape(ivar) != flux.shape:
+            raise ValueError(f"ivar must be {flux.shape}, got {np.shape(ivar)}")
         labels = np.asarray(labels, np.float32)
         if flux.shape[0] == 0:
             return
@@ -401,11 +436,14 @@ class DatasetWriter:
             raise ValueError(
                 f"meta columns {sorted(meta)} differ from the dataset's {sorted(columns)}"
             )
+        arrays = _row_arrays(flux, labels, label_errors, meta)
+        if ivar is not None:
+            arrays["ivar"] = np.asarray(ivar, np.float32)
         # Numbered after the last one, not by count: a part removed by hand leaves a gap.
         number = int(self._parts[-1].stem.removeprefix("part-")) + 1 if self._parts else 0
         part = self.work / f"part-{number:09d}.npz"
         with atomic_path(part) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **_row_arrays(flux, labels, label_errors, meta))
+            np.savez(fh, **arrays)
         self._parts.append(part)
         self._part_rows.append(flux.shape[0])
         self._meta_columns = set(meta)
@@ -497,7 +535,16 @@ class Dataset:
             f.close()
             what = ", ".join(missing) or "the preprocessing or label-name attributes"
             raise DatasetError(f"{self.path}: not a lamost-rrnet dataset (missing {what})")
+        version = int(f.attrs.get("format_version", 1))
+        if version > FORMAT_VERSION:
+            f.close()
+            raise DatasetError(
+                f"{self.path}: dataset format {version} is newer than this lamost-rrnet reads "
+                f"({FORMAT_VERSION}); upgrade lamost-rrnet"
+            )
+        self.format_version = version
         self._flux = f["flux"]
+        self._ivar = f["ivar"] if "ivar" in f else None
         self.label_names: list[str] = [str(n) for n in f["labels"].attrs["names"]]
         self.preprocessing = PreprocessSpec.from_dict(json.loads(f.attrs["preprocessing"]))
         self.attrs = {k: f.attrs[k] for k in f.attrs}
@@ -541,29 +588,39 @@ class Dataset:
             raise DatasetError(f"{self.path}: the {split} split is empty")
         return idx
 
-    def flux(self, indices: np.ndarray | Sequence[int]) -> np.ndarray:
-        """float32 (k, n_pixels) for the rows given, in that order; reads only their chunks."""
+    @property
+    def has_ivar(self) -> bool:
+        """Whether the dataset has per-pixel ``/ivar`` (format 2 built by prepare)."""
+        return self._ivar is not None
+
+    def _read_rows(self, array: h5py.Dataset, indices: np.ndarray | Sequence[int]) -> np.ndarray:
         idx = np.asarray(indices, np.int64)
         if idx.size == 0:
-            return np.empty((0, self._flux.shape[1]), np.float32)
+            return np.empty((0, array.shape[1]), np.float32)
         if idx.min() < 0 or idx.max() >= self.n:
             raise IndexError(f"row indices out of range 0..{self.n - 1}")
         unique, inverse = np.unique(idx, return_inverse=True)
         lo, hi = int(unique[0]), int(unique[-1]) + 1
         if hi - lo <= 2 * unique.size:
             # Nearly contiguous: one slab read beats per-row selection.
-            rows = self._flux[lo:hi][unique - lo]
+            rows = array[lo:hi][unique - lo]
         else:
-            rows = self._flux[unique]
+            rows = array[unique]
         return rows[inverse]
+
+    def flux(self, indices: np.ndarray | Sequence[int]) -> np.ndarray:
+        """float32 (k, n_pixels) for the rows given, in that order; reads only their chunks."""
+        return self._read_rows(self._flux, indices)
 
     def ivar(self, indices: np.ndarray | Sequence[int]) -> np.ndarray:
         """float32 (k, n_pixels) inverse variance of the normalized flux of the rows given.
 
-        A dataset without per-pixel ``/ivar`` gets the arm's S/N squared on every pixel of
-        that arm: normalized flux is about 1 on the continuum, so its noise is about 1/S/N.
-        An unknown or non-positive S/N gives 0 (no information).
+        It is ``/ivar`` where the dataset has it. A dataset without (format 1) gets the arm's
+        S/N squared on every pixel of that arm: normalized flux is about 1 on the continuum,
+        so its noise is about 1/S/N. An unknown or non-positive S/N gives 0 (no information).
         """
+        if self._ivar is not None:
+            return self._read_rows(self._ivar, indices)
         idx = np.asarray(indices, np.int64)
         n_blue = self.preprocessing.grids()[0].size
         out = np.empty((idx.size, self._flux.shape[1]), np.float32)

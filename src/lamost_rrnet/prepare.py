@@ -30,7 +30,13 @@ from lamost_rrnet.lifeline import exit_with_parent
 from lamost_rrnet.locking import exclusive
 from lamost_rrnet.progress import make_progress
 from lamost_rrnet.spectra.io import MAX_BYTES, Spectrum, read_mrs
-from lamost_rrnet.spectra.preprocess import RRNET2022, PreprocessSpec, normalize, outlier_stats
+from lamost_rrnet.spectra.preprocess import (
+    RRNET2022,
+    PreprocessSpec,
+    normalize_with_continuum,
+    outlier_stats,
+    resample_ivar,
+)
 from lamost_rrnet.spectra.preprocess import resample as resample_spectrum
 
 REFERENCE_REQUIRED = (
@@ -78,10 +84,11 @@ class RowTask:
 
 @dataclass
 class ChunkResult:
-    """The accepted rows of a chunk (flux normalized) and the rejected ones with reasons."""
+    """The accepted rows of a chunk (flux normalized, ivar in its units) and the rejected ones."""
 
     indices: np.ndarray
     flux: np.ndarray
+    ivar: np.ndarray
     rv: np.ndarray
     rv_source: list[str]
     n_outliers: np.ndarray
@@ -127,7 +134,7 @@ def process_rows(
     thresholds: Thresholds = Thresholds(),
 ) -> ChunkResult:
     """Read, check and preprocess a chunk of rows (runs in a worker process)."""
-    kept, resampled, rvs, sources, n_out, runs = [], [], [], [], [], []
+    kept, resampled, ivars, rvs, sources, n_out, runs = [], [], [], [], [], [], []
     rejects: list[tuple[int, str, int | None, int | None]] = []
     for task in tasks:
         stats: tuple[int, int] | None = None
@@ -153,6 +160,7 @@ def process_rows(
                     f"{stats[1]} outlier pixels in a row (more than {thresholds.max_outlier_run})"
                 )
             flux = resample_spectrum(spectrum, rv, spec)
+            ivar = resample_ivar(spectrum, rv, spec)
         except SpectrumError as exc:
             rejects.append((task.index, str(exc), *(stats or (None, None))))
             continue
@@ -162,11 +170,19 @@ def process_rows(
             continue
         kept.append(task.index)
         resampled.append(flux)
+        ivars.append(ivar)
         rvs.append(rv)
         sources.append(source)
         n_out.append(stats[0])
         runs.append(stats[1])
-    flux = normalize(np.stack(resampled), spec) if resampled else np.empty((0, spec.n_pixels))
+    if resampled:
+        flux, continuum = normalize_with_continuum(np.stack(resampled), spec)
+        with np.errstate(invalid="ignore", over="ignore"):
+            # Dividing the flux by the continuum divides its σ too.
+            ivar = np.stack(ivars) * continuum**2
+        ivar = np.where(np.isfinite(ivar), ivar, 0.0)
+    else:
+        flux = ivar = np.empty((0, spec.n_pixels))
     finite = np.isfinite(flux).all(axis=1)
     for i in np.flatnonzero(~finite):
         reason = "continuum normalization failed (flat, zero or non-finite flux)"
@@ -175,6 +191,7 @@ def process_rows(
     return ChunkResult(
         indices=np.asarray(kept, np.int64)[pick],
         flux=flux[pick].astype(np.float32),
+        ivar=ivar[pick].astype(np.float32),
         rv=np.asarray(rvs, np.float64)[pick],
         rv_source=[sources[i] for i in pick],
         n_outliers=np.asarray(n_out, np.int64)[pick],
@@ -357,7 +374,9 @@ def prepare_dataset(
             "snr_red": _column(table, "snr_red", np.float64),
         }
 
-        writer = DatasetWriter(output, label_names, spec, resume=resume, overwrite=overwrite)
+        writer = DatasetWriter(
+            output, label_names, spec, resume=resume, overwrite=overwrite, with_ivar=True
+        )
         done = writer.done_keys()
         n_resumed = writer.n
         reject_keys, reasons = _open_rejects(rejects_path, resume)
@@ -385,7 +404,7 @@ def prepare_dataset(
                         n_outliers=result.n_outliers,
                         max_outlier_run=result.max_run,
                     )
-                    writer.append(result.flux, labels[idx], meta, errors[idx])
+                    writer.append(result.flux, labels[idx], meta, errors[idx], ivar=result.ivar)
                 for i, reason, n_bad, run in result.rejects:
                     m = meta_source
                     row = [m["obsid"][i], filename[i], blue[i], red[i], m["star_id"][i]]

@@ -77,17 +77,26 @@ def train_command(
         "--groups",
         help="paper (SP: Teff, log g, [Fe/H]; CA: the rest), single, or a YAML file.",
     ),
-    epochs: int = _option(30, "--epochs", min=1),
+    recipe: str = _option(
+        "default",
+        "--recipe",
+        help="default (early stopping, weight decay, noise from each spectrum's ivar, "
+        "augmentation) or paper (the published recipe).",
+    ),
+    epochs: int = _option(30, "--epochs", min=1, help="At most this many epochs."),
     batch_size: int = _option(256, "--batch-size", min=1),
-    lr: float = _option(5e-4, "--lr", help="Adam learning rate."),
-    noise_prob: float = _option(
-        0.25,
+    lr: float | None = _option(None, "--lr", help="Learning rate (default: the recipe's)."),
+    noise_prob: float | None = _option(
+        None,
         "--noise-prob",
         min=0.0,
         max=1.0,
-        help="Probability that a z-scored flux pixel gets N(0,1) noise.",
+        help="paper: probability that a z-scored pixel gets N(0,1) noise; default: that a "
+        "spectrum is degraded to a lower S/N (default: the recipe's).",
     ),
-    noise_from_epoch: int = _option(6, "--noise-from-epoch", min=1),
+    noise_from_epoch: int | None = _option(
+        None, "--noise-from-epoch", min=1, help="First noisy epoch (default: the recipe's)."
+    ),
     seed: int = _option(0, "--seed"),
     resume: bool = _option(False, "--resume", help="Continue a run from its checkpoint."),
     overwrite: bool = _option(False, "--overwrite", help="Start again over an earlier run."),
@@ -114,7 +123,7 @@ def train_command(
         help="YAML file of option: value defaults.",
     ),
 ) -> None:
-    """Train a deep ensemble (the paper's recipe) and write a model directory.
+    """Train a deep ensemble (the default recipe, or --recipe paper) and write a model directory.
 
     Options may also come from LAMOST_RRNET_TRAIN_<OPTION> environment variables or a
     --config YAML file; the command line wins, then the environment, then the file.
@@ -122,12 +131,17 @@ def train_command(
     from lamost_rrnet.devices import select_device
     from lamost_rrnet.models import create_model, list_models
     from lamost_rrnet.training import train_ensemble
+    from lamost_rrnet.training.members import RECIPES
 
     if resume and overwrite:
         raise typer.BadParameter("give --resume or --overwrite, not both", param_hint="--resume")
     for value, hint in ((lr, "--lr"), (max_minutes, "--max-minutes")):
         if value is not None and not value > 0:
             raise typer.BadParameter(f"{value}: must be positive", param_hint=hint)
+    if recipe not in RECIPES:
+        raise typer.BadParameter(
+            f"{recipe!r}: choose one of {', '.join(RECIPES)}", param_hint="--recipe"
+        )
     if arch not in list_models():
         raise typer.BadParameter(
             f"{arch!r}: choose one of {', '.join(list_models())}", param_hint="--arch"
@@ -174,5 +188,6 @@ def train_command(
         overwrite=overwrite,
         name=name,
         progress=not opts.quiet,
+        recipe=recipe,
     )
     info(ctx, f"predict with: lamost-rrnet predict SPECTRA --model {output}")

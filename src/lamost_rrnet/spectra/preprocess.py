@@ -108,6 +108,40 @@ def resample(spectrum: Spectrum, rv: float = 0.0, spec: PreprocessSpec = RRNET20
     return np.concatenate(out)
 
 
+def resample_ivar_arm(wavelength: np.ndarray, ivar: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """The inverse variance of :func:`resample_arm`'s output, pixels taken as independent.
+
+    Linear interpolation gives F = (1 − w)·f_i + w·f_(i+1), so Var F = (1 − w)²/ivar_i +
+    w²/ivar_(i+1). A pixel with no information (ivar 0) that enters with a nonzero weight
+    leaves none in F. Interpolated pixels are correlated and between two source pixels their
+    variance drops to half: this is the variance of each grid pixel, not of their sums.
+    """
+    wave = np.asarray(wavelength, np.float64)
+    right = np.clip(np.searchsorted(wave, grid, side="right"), 1, wave.size - 1)
+    left = right - 1
+    w = np.clip((grid - wave[left]) / (wave[right] - wave[left]), 0.0, 1.0)
+    iv = np.asarray(ivar, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = np.where(w < 1, (1 - w) ** 2 / iv[left], 0.0) + np.where(w > 0, w**2 / iv[right], 0.0)
+        out = np.where(np.isfinite(var) & (var > 0), 1.0 / var, 0.0)
+    return out.astype(np.float32)
+
+
+def resample_ivar(
+    spectrum: Spectrum, rv: float = 0.0, spec: PreprocessSpec = RRNET2022
+) -> np.ndarray:
+    """Inverse variance of :func:`resample`'s flux (raw units), float32[n_pixels].
+
+    Bad pixels (the outliers of :func:`outlier_stats`: masked, non-positive or non-finite)
+    count as ivar 0, since the flux there is not what its IVAR describes.
+    """
+    out = []
+    for arm, grid in zip((spectrum.blue, spectrum.red), spec.grids(), strict=True):
+        ivar = np.where(_bad_pixels(arm), 0.0, arm.ivar)
+        out.append(resample_ivar_arm(rest_frame(arm.wavelength, rv), ivar, grid))
+    return np.concatenate(out)
+
+
 def _medfilt3(f: np.ndarray) -> np.ndarray:
     """Median of 3 along the last axis with zero-padded ends (scipy.signal.medfilt semantics)."""
     left = np.zeros_like(f)
@@ -192,7 +226,8 @@ def _fitter(grid_def: tuple[float, float, float], degree: int) -> _ArmFitter:
 
 def _normalize_arm_batch(
     flux: np.ndarray, grid_def: tuple[float, float, float], spec: PreprocessSpec
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
+    """(normalized flux float32, continuum float64) of one arm of a batch."""
     fitter = _fitter(grid_def, spec.poly_degree)
     f = _median_clean(flux, spec)
     mu_f = np.mean(f, axis=1, keepdims=True)
@@ -219,26 +254,38 @@ def _normalize_arm_batch(
         else:
             fit[rows] = fa
         continuum = fit * s_f + mu_f
-        return (f / continuum).astype(np.float32)
+        return (f / continuum).astype(np.float32), continuum
 
 
 _BLOCK_ROWS = 48  # rows per block: the iteration's float64 temporaries stay in the L2 cache
 
 
-def normalize(flux: np.ndarray, spec: PreprocessSpec = RRNET2022) -> np.ndarray:
-    """Step 4 for a batch: float32[B, n_pixels] → float32[B, n_pixels], vectorized.
+def normalize_with_continuum(
+    flux: np.ndarray, spec: PreprocessSpec = RRNET2022
+) -> tuple[np.ndarray, np.ndarray]:
+    """Step 4 for a batch: (normalized flux float32[B, n_pixels], continuum float64[B, n_pixels]).
 
-    Matches :func:`normalize_reference` row by row (to ~1e-6); rows that are all zero or
-    constant come out NaN, which the callers report as a failed spectrum.
+    The normalized flux matches :func:`normalize_reference` row by row (to ~1e-6); rows that
+    are all zero or constant come out NaN, which the callers report as a failed spectrum.
+    Normalization divides by the continuum, so an inverse variance follows as ivar·continuum².
     """
     flux = np.atleast_2d(np.asarray(flux, np.float32))
     n_blue = np.arange(*spec.blue).size
     out = np.empty(flux.shape, np.float32)
+    continuum = np.empty(flux.shape, np.float64)
     for start in range(0, flux.shape[0], _BLOCK_ROWS):
         rows = slice(start, start + _BLOCK_ROWS)
-        out[rows, :n_blue] = _normalize_arm_batch(flux[rows, :n_blue], spec.blue, spec)
-        out[rows, n_blue:] = _normalize_arm_batch(flux[rows, n_blue:], spec.red, spec)
-    return out
+        for cols, grid_def in ((slice(None, n_blue), spec.blue), (slice(n_blue, None), spec.red)):
+            out[rows, cols], continuum[rows, cols] = _normalize_arm_batch(
+                flux[rows, cols], grid_def, spec
+            )
+    return out, continuum
+
+
+def normalize(flux: np.ndarray, spec: PreprocessSpec = RRNET2022) -> np.ndarray:
+    """Step 4 for a batch: float32[B, n_pixels] → float32[B, n_pixels] (see
+    :func:`normalize_with_continuum`)."""
+    return normalize_with_continuum(flux, spec)[0]
 
 
 def preprocess(spectrum: Spectrum, rv: float = 0.0, spec: PreprocessSpec = RRNET2022) -> np.ndarray:

@@ -19,6 +19,7 @@ from lamost_rrnet.dataset import open_dataset
 from lamost_rrnet.ensemble import Normalization
 from lamost_rrnet.errors import DatasetError
 from lamost_rrnet.spectra.preprocess import PreprocessSpec
+from lamost_rrnet.training.augment import PixelNoise, low_snr, pixel_sigma
 from lamost_rrnet.training.groups import GroupSpec
 
 _BLOCK = 2048  # rows per read: 59 MB of flux
@@ -44,6 +45,7 @@ class TrainingData:
     preprocessing: PreprocessSpec
     label_ranges: dict[str, tuple[float, float]]
     n_rows: dict[str, int]
+    noise: PixelNoise | None = None  # the training rows' per-pixel noise, when asked for
 
 
 def _read_flux(ds, idx: np.ndarray) -> np.ndarray:
@@ -68,10 +70,26 @@ def _pixel_stats(flux: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
+def _read_noise(ds, idx: np.ndarray, flux_std: np.ndarray) -> PixelNoise:
+    """The training rows' σ and S/N from the dataset's ivar, in blocks (float64 is big)."""
+    sigma = np.empty((idx.size, ds.preprocessing.n_pixels), np.float16)
+    snr = np.empty(idx.size, np.float32)
+    for start in range(0, idx.size, _BLOCK):
+        block = slice(start, start + _BLOCK)
+        sigma[block], snr[block] = pixel_sigma(ds.ivar(idx[block]), flux_std)
+    return PixelNoise(sigma, snr, low_snr(snr))
+
+
 def load_training_data(
-    path: str | os.PathLike[str], groups: Sequence[GroupSpec], batch_size: int
+    path: str | os.PathLike[str],
+    groups: Sequence[GroupSpec],
+    batch_size: int,
+    with_noise: bool = False,
 ) -> TrainingData:
     """Read the train and valid splits, normalize them and split them into the groups' rows.
+
+    ``with_noise`` also reads the training rows' per-pixel noise (their ``/ivar``, or each
+    arm's S/N for a dataset without it), for :class:`~.augment.BatchAugmenter`.
 
     Raises :class:`DatasetError` for a missing split, a missing or all-NaN label, a group
     without usable rows, and a batch larger than a group's training rows.
@@ -83,15 +101,18 @@ def load_training_data(
         labels = {split: ds.labels(i, names).astype(np.float64) for split, i in idx.items()}
         flux = {split: _read_flux(ds, i) for split, i in idx.items()}
         preprocessing = ds.preprocessing
-    bad_flux = {split: ~np.isfinite(f).all(axis=1) for split, f in flux.items()}
-    train_ok = ~bad_flux["train"]
-    if not train_ok.any():
-        raise DatasetError(f"{path}: every training spectrum has non-finite flux")
+        bad_flux = {split: ~np.isfinite(f).all(axis=1) for split, f in flux.items()}
+        train_ok = ~bad_flux["train"]
+        if not train_ok.any():
+            raise DatasetError(f"{path}: every training spectrum has non-finite flux")
 
-    for j, name in enumerate(names):
-        if not np.isfinite(labels["train"][train_ok, j]).any():
-            raise DatasetError(f"{path}: label {name} is NaN in every training row")
-    flux_mean, flux_std = _pixel_stats(flux["train"][train_ok])
+        for j, name in enumerate(names):
+            if not np.isfinite(labels["train"][train_ok, j]).any():
+                raise DatasetError(f"{path}: label {name} is NaN in every training row")
+        # Indexing copies: skip it when every row is usable.
+        usable = flux["train"] if train_ok.all() else flux["train"][train_ok]
+        flux_mean, flux_std = _pixel_stats(usable)
+        noise = _read_noise(ds, idx["train"], flux_std) if with_noise else None
     train_labels = np.where(train_ok[:, None], labels["train"], np.nan)
     label_mean = np.nanmean(train_labels, axis=0)
     label_std = np.nanstd(train_labels, axis=0)
@@ -138,4 +159,5 @@ def load_training_data(
         preprocessing,
         label_ranges,
         {split: int(i.size) for split, i in idx.items()},
+        noise,
     )

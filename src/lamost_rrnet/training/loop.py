@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from lamost_rrnet.errors import OutputExistsError, RRNetError
 from lamost_rrnet.locking import exclusive
 from lamost_rrnet.models import create_model, list_models
 from lamost_rrnet.progress import make_progress, stderr_console
+from lamost_rrnet.training.augment import BatchAugmenter
 from lamost_rrnet.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from lamost_rrnet.training.data import TrainingData, load_training_data
 from lamost_rrnet.training.groups import GroupSpec, resolve_groups
@@ -44,7 +45,7 @@ from lamost_rrnet.training.history import (
     plot_loss_curves,
     write_history,
 )
-from lamost_rrnet.training.members import MemberEpoch, Recipe, Shard
+from lamost_rrnet.training.members import RECIPES, MemberEpoch, Recipe, Shard
 from lamost_rrnet.training.stacked import StackedNet
 
 #: Called after each completed (and checkpointed) epoch with its number and history rows.
@@ -70,6 +71,10 @@ class Settings:
 
 
 def _check_arguments(members: int, arch: str, epochs: int, recipe: Recipe) -> None:
+    if recipe.noise not in ("paper", "ivar"):
+        raise ValueError(f"unknown noise {recipe.noise!r}: use paper or ivar")
+    if recipe.micro_batch < 1 or recipe.patience < 0 or recipe.weight_decay < 0:
+        raise ValueError("micro_batch must be at least 1, patience and weight_decay not negative")
     if members < 1:
         raise ValueError(f"members must be at least 1, not {members}")
     if arch not in list_models():
@@ -164,9 +169,13 @@ class _Run:
                     settings.arch_kwargs,
                     settings.seed,
                     target,
+                    settings.recipe.weight_decay,
                 )
                 for part, target in zip(parts, targets, strict=False)
             ]
+        self.augment = BatchAugmenter(
+            settings.recipe, data.normalization, data.preprocessing, data.noise
+        )
         if not all(isinstance(s.stack, StackedNet) for s in self.all_shards()):
             # Members without a stacked forward draw dropout from the global generator: one
             # worker keeps the draws in a fixed order.
@@ -198,6 +207,7 @@ class _Run:
                 self.data.groups[group.name],
                 norm.label_std[norm.index(group.labels)],
                 advance,
+                self.augment,
             )
             return group, results, time.perf_counter() - start
 
@@ -210,6 +220,10 @@ class _Run:
         return rows
 
     # -- checkpoints ---------------------------------------------------------------------
+
+    def epochs_without_progress(self) -> int:
+        """Epochs since the last better validation loss of any member of any group."""
+        return self.epoch - max(b for s in self.all_shards() for b in s.best_epoch)
 
     def state(self) -> dict:
         norm = self.data.normalization
@@ -276,6 +290,29 @@ class _Run:
         )
 
 
+def _recipe(
+    recipe: str | Recipe,
+    batch_size: int,
+    lr: float | None,
+    noise_prob: float | None,
+    noise_from_epoch: int | None,
+) -> Recipe:
+    """The named (or given) recipe with the explicit options put in."""
+    if isinstance(recipe, str):
+        if recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
+        recipe = RECIPES[recipe]
+    changes = {"batch_size": batch_size}
+    for key, value in (
+        ("lr", lr),
+        ("noise_prob", noise_prob),
+        ("noise_from_epoch", noise_from_epoch),
+    ):
+        if value is not None:
+            changes[key] = value
+    return replace(recipe, **changes)
+
+
 def _prepare_output(out_dir: Path, resume: bool, overwrite: bool) -> dict | None:
     """The checkpoint to resume from, if any; refuses to train over an earlier run."""
     checkpoint = out_dir / CHECKPOINT_FILE
@@ -303,9 +340,9 @@ def train_ensemble(
     groups: str | os.PathLike[str] | Mapping[str, Sequence[str]] = "paper",
     epochs: int = 30,
     batch_size: int = 256,
-    lr: float = 5e-4,
-    noise_prob: float = 0.25,
-    noise_from_epoch: int = 6,
+    lr: float | None = None,
+    noise_prob: float | None = None,
+    noise_from_epoch: int | None = None,
     seed: int = 0,
     device: str = "auto",
     resume: bool = False,
@@ -317,13 +354,18 @@ def train_ensemble(
     name: str | None = None,
     progress: bool = True,
     callback: EpochCallback | None = None,
+    recipe: str | Recipe = "default",
 ) -> Ensemble:
     """Train a deep ensemble on ``dataset_path`` and save it as a model directory ``out_dir``.
 
-    The recipe is the paper's (docs/training.md): Gaussian NLL with a variance floor, Adam at
-    ``lr`` with StepLR(10, 0.1), ``epochs`` epochs of ``batch_size``, from epoch
-    ``noise_from_epoch`` on N(0,1) noise added to each z-scored flux pixel with probability
-    ``noise_prob``, and each member's weights of its best validation loss. ``groups`` is
+    ``recipe`` is a name of :data:`~.members.RECIPES` or a :class:`~.members.Recipe`
+    (docs/training.md, "Recipes"); ``lr``, ``noise_prob`` and ``noise_from_epoch`` override
+    its values when given. Both named recipes minimize a Gaussian NLL with a variance floor
+    for at most ``epochs`` epochs of ``batch_size`` and keep each member's weights of its best
+    validation loss. ``paper`` is the published one: Adam with StepLR(10, 0.1), and from epoch
+    6 on N(0,1) noise on 25 % of the z-scored pixels. ``default`` adds weight decay, a smooth
+    decay of the rate, noise drawn from each spectrum's own inverse variance, small RV shifts
+    and continuum tilts, and stops when no member has improved for its ``patience``. ``groups`` is
     ``paper`` (SP: Teff, log g, [Fe/H]; CA: the other 14), ``single`` (every dataset label in
     one group), a YAML file or a mapping of group name → labels; each group gets ``members``
     members seeded from ``seed``. ``devices`` (e.g. ``["cuda:0", "cuda:1"]``) spreads each
@@ -338,7 +380,7 @@ def train_ensemble(
     saves the best weights so far.
     """
     started = time.perf_counter()
-    recipe = Recipe(batch_size, lr, noise_prob=noise_prob, noise_from_epoch=noise_from_epoch)
+    recipe = _recipe(recipe, batch_size, lr, noise_prob, noise_from_epoch)
     _check_arguments(members, arch, epochs, recipe)
     # Plain JSON data (tuples become lists), as the checkpoint and model.yaml store it.
     arch_kwargs = json.loads(json.dumps(dict(arch_kwargs or {})))
@@ -351,7 +393,9 @@ def train_ensemble(
         with open_dataset(dataset_path) as ds:
             label_names = ds.label_names
         group_specs = resolve_groups(groups, label_names, dataset_path)
-        data = load_training_data(dataset_path, group_specs, batch_size)
+        data = load_training_data(
+            dataset_path, group_specs, batch_size, with_noise=recipe.noise == "ivar"
+        )
         for group in group_specs:
             for split, rows in data.groups[group.name].items():
                 if rows.dropped:
@@ -377,7 +421,7 @@ def train_ensemble(
         out_dir.mkdir(parents=True, exist_ok=True)
         labels = [label for g in group_specs for label in g.labels]
         board = TensorBoardLog(out_dir / TENSORBOARD_DIR)
-        stopped_early = False
+        stopped_early = converged = False
         try:
             # Worker threads take torch's thread count when they first compute: set it first.
             with (
@@ -400,6 +444,13 @@ def train_ensemble(
                     if callback is not None:
                         callback(epoch, rows)
                     elapsed = time.perf_counter() - started
+                    if epoch < epochs and 0 < recipe.patience <= run.epochs_without_progress():
+                        say(
+                            f"stopping after epoch {epoch}: no better validation loss for "
+                            f"{recipe.patience} epochs; keeping each member's best"
+                        )
+                        converged = True
+                        break
                     if epoch < epochs and max_minutes is not None:
                         if elapsed + seconds > 60.0 * max_minutes:
                             say(
@@ -419,6 +470,7 @@ def train_ensemble(
             "settings": settings.to_dict(),
             "epochs_completed": run.epoch,
             "stopped_early": stopped_early,
+            "converged": converged,
             "best_epochs": {
                 g: [b for s in sh for b in s.best_epoch] for g, sh in run.shards.items()
             },

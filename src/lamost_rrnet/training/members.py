@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from lamost_rrnet.models import create_model
+from lamost_rrnet.training.augment import BatchAugmenter
 from lamost_rrnet.training.checkpoint import export_optimizer, import_optimizer
 from lamost_rrnet.training.data import SplitData
 from lamost_rrnet.training.stacked import load_member_states, member_states, stack_members
@@ -24,7 +25,8 @@ from lamost_rrnet.training.stacked import load_member_states, member_states, sta
 
 @dataclass(frozen=True)
 class Recipe:
-    """The optimization recipe (the paper's by default, docs/training.md)."""
+    """The optimization recipe (the paper's with the field defaults; :data:`RECIPES` has both
+    named ones, docs/training.md)."""
 
     batch_size: int = 256
     lr: float = 5e-4
@@ -33,6 +35,15 @@ class Recipe:
     noise_prob: float = 0.25
     noise_from_epoch: int = 6  # 1-based: epochs 6, 7, ... are trained on noisy flux
     var_floor: float = 1e-6
+    name: str = "paper"
+    noise: str = "paper"  # or "ivar" (lamost_rrnet.training.augment)
+    weight_decay: float = 0.0  # decoupled (AdamW) when positive
+    patience: int = 0  # stop after this many epochs without a better validation loss; 0: never
+    rv_shift: float = 0.0  # km/s, σ of a random RV shift
+    tilt: float = 0.0  # σ of a random continuum tilt, end to end of each arm
+    # Spectra per forward/backward pass: a batch's gradient is summed over micro-batches, so
+    # the activations held for the backward pass are those of micro_batch spectra per member.
+    micro_batch: int = 16
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate of 1-based ``epoch``."""
@@ -40,6 +51,25 @@ class Recipe:
 
     def noisy(self, epoch: int) -> bool:
         return self.noise_prob > 0 and epoch >= self.noise_from_epoch
+
+
+#: The named recipes of ``train --recipe`` (docs/training.md, "Recipes").
+RECIPES: dict[str, Recipe] = {
+    "paper": Recipe(),
+    "default": Recipe(
+        name="default",
+        lr=1e-3,
+        lr_step=1,
+        lr_gamma=0.9,  # about tenfold down in 22 epochs, smoothly
+        noise="ivar",
+        noise_prob=0.5,
+        noise_from_epoch=1,
+        weight_decay=1e-4,
+        patience=6,
+        rv_shift=2.0,
+        tilt=0.02,
+    ),
+}
 
 
 def member_seeds(seed: int, group: str, index: int) -> tuple[int, int, int]:
@@ -85,6 +115,7 @@ class Shard:
         arch_kwargs: dict,
         seed: int,
         device: torch.device,
+        weight_decay: float = 0.0,
     ):
         self.group = group
         self.indices = list(indices)
@@ -97,7 +128,12 @@ class Shard:
                 torch.manual_seed(init_seed)
                 modules.append(create_model(arch, n_labels, **arch_kwargs))
         self.stack = stack_members(modules).to(device)
-        self.optimizer = torch.optim.Adam(self.stack.parameters())
+        params = self.stack.parameters()
+        self.optimizer = (
+            torch.optim.AdamW(params, weight_decay=weight_decay)
+            if weight_decay > 0
+            else torch.optim.Adam(params)
+        )
         self.order = [torch.Generator().manual_seed(s) for _, s, _ in seeds]
         self.noise = [torch.Generator(device=device).manual_seed(s) for _, _, s in seeds]
         self.best_loss = [math.inf] * len(self.indices)
@@ -112,11 +148,14 @@ class Shard:
         rows: dict[str, SplitData],
         label_std: np.ndarray,
         advance: Callable[[int], None],
+        augment: BatchAugmenter,
     ) -> list[MemberEpoch]:
         """Train one epoch, validate, keep the best weights; ``advance(n)`` after each batch."""
         for param_group in self.optimizer.param_groups:
             param_group["lr"] = recipe.lr_at(epoch)
-        train_loss, train_abs = self._train(epoch, recipe, flux["train"], rows["train"], advance)
+        train_loss, train_abs = self._train(
+            epoch, recipe, flux["train"], rows["train"], advance, augment
+        )
         valid_loss, valid_abs = self._validate(recipe, flux["valid"], rows["valid"])
         scale = torch.as_tensor(label_std, dtype=torch.float64)
         results = []
@@ -150,6 +189,7 @@ class Shard:
         flux: np.ndarray,
         split: SplitData,
         advance: Callable[[int], None],
+        augment: BatchAugmenter,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         self.stack.train()
         n = split.rows.size
@@ -159,19 +199,30 @@ class Shard:
         abs_sum = torch.zeros(len(self.indices), split.labels.shape[1], device=self.device)
         for start in range(0, n, recipe.batch_size):
             picks = [order[start : start + recipe.batch_size] for order in orders]
-            x = torch.from_numpy(np.stack([flux[split.rows[p]] for p in picks])).to(self.device)
+            x = torch.stack(
+                [
+                    augment(
+                        torch.from_numpy(flux[split.rows[p]]).to(self.device),
+                        split.rows[p],
+                        epoch,
+                        g,
+                    )
+                    for p, g in zip(picks, self.noise, strict=True)
+                ]
+            )
             y = torch.from_numpy(np.stack([split.labels[p] for p in picks])).to(self.device)
-            if recipe.noisy(epoch):
-                for xi, g in zip(x, self.noise, strict=True):
-                    hit = torch.rand(xi.shape, generator=g, device=self.device) < recipe.noise_prob
-                    xi += torch.randn(xi.shape, generator=g, device=self.device) * hit
-            mu, var = self.stack(x, self.noise)
-            losses = gaussian_nll(mu, var, y, recipe.var_floor)
             self.optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()
+            size = x.shape[1]
+            for part in range(0, size, recipe.micro_batch):
+                xm = x[:, part : part + recipe.micro_batch]
+                ym = y[:, part : part + recipe.micro_batch]
+                mu, var = self.stack(xm, self.noise)
+                losses = gaussian_nll(mu, var, ym, recipe.var_floor)
+                # Each micro-batch's share of the batch mean: the summed gradient is the batch's.
+                (losses.sum() * (xm.shape[1] / size)).backward()
+                loss_sum += losses.detach() * xm.shape[1]
+                abs_sum += (mu.detach() - ym).abs().sum(dim=1)
             self.optimizer.step()
-            loss_sum += losses.detach() * x.shape[1]
-            abs_sum += (mu.detach() - y).abs().sum(dim=1)
             advance(1)
         return (loss_sum / n).cpu().double(), (abs_sum / n).cpu().double()
 
