@@ -64,6 +64,37 @@ def _int_list(text: str, hint: str) -> list[int]:
         ) from None
 
 
+#: Options of the networks' training that ``--arch cannon`` refuses when given.
+CANNON_REFUSES = (
+    "members",
+    "epochs",
+    "batch_size",
+    "lr",
+    "noise_prob",
+    "noise_from_epoch",
+    "seed",
+    "resume",
+    "devices",
+    "max_minutes",
+    "nr",
+    "ns",
+    "mode",
+    "dropout",
+)
+
+
+def _given(ctx: typer.Context, names) -> list[str]:
+    """The flags (``--members``) of the options in ``names`` that the command line, the
+    environment or --config set; an option left at its default is not given."""
+    from click.core import ParameterSource
+
+    return [
+        "--" + name.replace("_", "-")
+        for name in names
+        if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
+    ]
+
+
 def train_command(
     ctx: typer.Context,
     dataset: Path = typer.Argument(
@@ -71,7 +102,12 @@ def train_command(
     ),
     output: Path = _option(..., "-o", "--output", file_okay=False, help="Model directory."),
     members: int = _option(6, "--members", min=1, help="Members per label group."),
-    arch: str = _option("rrnet", "--arch", help="rrnet, resnet, starnet or starnet-r."),
+    arch: str = _option(
+        "rrnet",
+        "--arch",
+        help="rrnet, resnet, starnet, starnet-r, or cannon (a quadratic Cannon, fitted, not "
+        "trained: no --members, --epochs or other training options).",
+    ),
     groups: str = _option(
         "paper",
         "--groups",
@@ -114,7 +150,7 @@ def train_command(
         help="YAML file of option: value defaults.",
     ),
 ) -> None:
-    """Train a deep ensemble (the paper's recipe) and write a model directory.
+    """Train a deep ensemble (the paper's recipe), or fit a Cannon, and write a model directory.
 
     Options may also come from LAMOST_RRNET_TRAIN_<OPTION> environment variables or a
     --config YAML file; the command line wins, then the environment, then the file.
@@ -132,6 +168,13 @@ def train_command(
         raise typer.BadParameter(
             f"{arch!r}: choose one of {', '.join(list_models())}", param_hint="--arch"
         )
+    if arch == "cannon":
+        given = _given(ctx, CANNON_REFUSES)
+        if given:
+            raise typer.BadParameter(
+                f"{', '.join(given)}: not for the Cannon, which is fitted, not trained",
+                param_hint="--arch cannon",
+            )
     if groups not in ("paper", "single") and not Path(groups).is_file():
         raise typer.BadParameter(
             f"{groups!r}: use paper, single or an existing YAML file", param_hint="--groups"
@@ -154,6 +197,19 @@ def train_command(
             raise typer.BadParameter(str(exc), param_hint="--devices") from exc
 
     opts = options(ctx)
+    if arch == "cannon":
+        from lamost_rrnet.training.cannon import train_cannon
+
+        train_cannon(
+            dataset,
+            output,
+            groups if _given(ctx, ["groups"]) else "single",
+            overwrite=overwrite,
+            name=name,
+            progress=not opts.quiet,
+        )
+        info(ctx, f"predict with: lamost-rrnet predict SPECTRA --model {output}")
+        return
     train_ensemble(
         dataset,
         output,
