@@ -86,12 +86,12 @@ CANNON_REFUSES = (
 def _given(ctx: typer.Context, names) -> list[str]:
     """The flags (``--members``) of the options in ``names`` that the command line, the
     environment or --config set; an option left at its default is not given."""
-    from click.core import ParameterSource
-
+    # By name: typer vendors its own click, whose ParameterSource is not click's.
+    sources = {name: ctx.get_parameter_source(name) for name in names}
     return [
         "--" + name.replace("_", "-")
-        for name in names
-        if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
+        for name, source in sources.items()
+        if source is not None and source.name != "DEFAULT"
     ]
 
 
