@@ -2,16 +2,21 @@
 
 The training step is one weighted least-squares per pixel: for pixel p,
 (Xᵀ W_p X + λ_p I') θ_p = Xᵀ W_p f_p, with X the quadratic design matrix of the standardized
-training labels (:func:`lamost_rrnet.models.cannon.design_matrix`) and W_p the per-spectrum
-weights of pixel p. All pixels are solved together: the normal matrices of a block of pixels
-are one matrix product of the weights with the rows' outer products x xᵀ (upper triangle), in
-float64, so the work is a few large BLAS calls rather than 7,200 small fits.
+training labels (:func:`lamost_rrnet.models.cannon.design_matrix`) and W_p = diag(ivar of
+pixel p in each spectrum). Pixels with the same weights in every spectrum share their normal
+matrix Xᵀ W_p X, so it is built and inverted once per distinct weight column: a dataset
+without per-pixel ``/ivar`` has one per arm (each spectrum weighs all pixels of an arm by its
+S/N²), and the fit takes seconds. With per-pixel ivar every pixel has its own normal matrix,
+built for blocks of pixels as one matrix product of the weights with the rows' outer products
+x xᵀ (upper triangle, float64): N·P·T²/2 multiply-adds.
 
-Intrinsic scatter, as in The Cannon: θ is first fitted with the inverse variances alone; then
-s²_p maximizes the pixel's Gaussian likelihood with the adjusted weights ivar/(1 + ivar s²)
-(one root of the score equation per pixel, by bisection); θ is fitted again with the adjusted
-weights and s² once more. This is one round of the coordinate ascent of the joint fit of Ness
-et al. 2015, §2.
+Intrinsic scatter, as the reference implementation ``thecannon`` (Casey et al. 2016) does it:
+θ is fitted with the inverse variances alone, then each pixel's s²_p maximizes its Gaussian
+likelihood with the adjusted weights ivar/(1 + ivar s²) (the root of the score equation, by
+bisection). Ness et al. 2015 fit θ and s² jointly; refitting θ with the adjusted weights
+would make every weight column distinct and cost the per-pixel price above for no gain that
+the benchmark shows (docs/training.md, "Classical baseline: The Cannon"). The test step uses
+s² (:mod:`lamost_rrnet.models.cannon`).
 
 The ridge λ_p = ``ridge`` × the mean weight of pixel p, on every coefficient but the constant,
 is a Gaussian prior so weak (1e-3 of one spectrum's weight, against some thousand spectra)
@@ -45,7 +50,7 @@ DEFAULT_RIDGE = 1e-3
 _PIXELS = 512
 #: Training rows per product: their outer products (rows × 14,706 float64) stay under 100 MB.
 _ROWS = 768
-_BISECTIONS = 48
+_BISECTIONS = 32
 
 
 @dataclass
@@ -56,37 +61,39 @@ class CannonFit:
     scatter2: np.ndarray
 
 
-def _solve_pixels(
-    design: np.ndarray, flux: np.ndarray, weight, pixels: slice, ridge: float
+def _solve_columns(
+    design: np.ndarray, columns: np.ndarray, which: np.ndarray, rhs: np.ndarray, ridge: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """θ of the pixels ``pixels`` and which of them have any weight.
+    """θ (P, T) of every pixel and whether it has any weight.
 
-    ``weight(rows, pixels)`` gives the float64 weights of a block.
+    ``columns`` (N, U) are the distinct weight columns, ``which`` (P,) the column of each
+    pixel and ``rhs`` (P, T) each pixel's Xᵀ W_p f_p. A column without weight solves to 0.
     """
     n, t = design.shape
     upper = np.triu_indices(t)
-    count = pixels.stop - pixels.start
-    normal = np.zeros((count, upper[0].size))
-    rhs = np.zeros((count, t))
-    total = np.zeros(count)
-    for start in range(0, n, _ROWS):
-        rows = slice(start, min(start + _ROWS, n))
-        x = design[rows]
-        w = weight(rows, pixels)
-        outer = x[:, upper[0]] * x[:, upper[1]]
-        normal += w.T @ outer
-        rhs += (w * flux[rows, pixels]).T @ x
-        total += w.sum(axis=0)
-    full = np.empty((count, t, t))
-    full[:, upper[0], upper[1]] = normal
-    full[:, upper[1], upper[0]] = normal
-    alive = total > 0
-    prior = ridge * total / n
     diagonal = np.arange(1, t)
-    full[:, diagonal, diagonal] += prior[:, None]
-    full[~alive] = np.eye(t)
-    rhs[~alive] = 0.0
-    return np.linalg.solve(full, rhs[:, :, None])[:, :, 0], alive
+    order = np.argsort(which, kind="stable")
+    bounds = np.searchsorted(which[order], np.arange(columns.shape[1] + 1))
+    theta = np.zeros_like(rhs)
+    for start in range(0, columns.shape[1], _PIXELS):
+        cols = slice(start, min(start + _PIXELS, columns.shape[1]))
+        normal = np.zeros((cols.stop - cols.start, upper[0].size))
+        for first in range(0, n, _ROWS):
+            rows = slice(first, min(first + _ROWS, n))
+            x = design[rows]
+            normal += columns[rows, cols].T @ (x[:, upper[0]] * x[:, upper[1]])
+        full = np.empty((normal.shape[0], t, t))
+        full[:, upper[0], upper[1]] = normal
+        full[:, upper[1], upper[0]] = normal
+        total = columns[:, cols].sum(axis=0)
+        full[:, diagonal, diagonal] += (ridge * total / n)[:, None]
+        full[~(total > 0)] = np.eye(t)
+        inverses = np.linalg.inv(full)
+        for k, u in enumerate(range(cols.start, cols.stop)):
+            if total[k] > 0:
+                pixels = order[bounds[u] : bounds[u + 1]]
+                theta[pixels] = rhs[pixels] @ inverses[k]  # symmetric
+    return theta, columns.sum(axis=0)[which] > 0
 
 
 def _fit_scatter(r2: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -102,7 +109,7 @@ def _fit_scatter(r2: np.ndarray, w: np.ndarray) -> np.ndarray:
 
     positive = score(np.zeros(r2.shape[1])) > 0
     hi = np.log(np.maximum(r2.max(axis=0, initial=0.0), 1e-300))
-    lo = hi - 60.0
+    lo = hi - 40.0
     for _ in range(_BISECTIONS):
         mid = (lo + hi) / 2
         up = score(np.exp(mid)) > 0
@@ -131,25 +138,16 @@ def fit_cannon(
     flux = np.where(good, flux, 0.0).astype(np.float32)
     ivar = np.where(good, ivar, 0.0).astype(np.float32)
     design = design_matrix(labels)
-    n_pixels = flux.shape[1]
-    theta = np.zeros((n_pixels, design.shape[1]))
-    scatter2 = np.zeros(n_pixels)
-    for start in range(0, n_pixels, _PIXELS):
-        pixels = slice(start, min(start + _PIXELS, n_pixels))
-        base = ivar[:, pixels].astype(np.float64)
-        s2 = np.zeros(pixels.stop - pixels.start)
-        for _ in range(2):
-
-            def weight(rows: slice, cols: slice, s2=s2) -> np.ndarray:
-                w = ivar[rows, cols].astype(np.float64)
-                return w / (1.0 + w * s2)
-
-            coef, alive = _solve_pixels(design, flux, weight, pixels, ridge)
-            r2 = (flux[:, pixels] - design @ coef.T) ** 2
-            s2 = _fit_scatter(r2, base)
-        theta[pixels] = coef
-        scatter2[pixels] = np.where(alive, s2, np.inf)
-    return CannonFit(theta, scatter2)
+    columns, which = np.unique(ivar.T, axis=0, return_inverse=True)
+    which = which.reshape(-1)
+    rhs = (ivar * flux).T.astype(np.float64) @ design  # (P, T)
+    theta, alive = _solve_columns(design, columns.T.astype(np.float64), which, rhs, ridge)
+    scatter2 = np.empty(flux.shape[1])
+    for start in range(0, flux.shape[1], _PIXELS):
+        pixels = slice(start, min(start + _PIXELS, flux.shape[1]))
+        r2 = (flux[:, pixels] - design @ theta[pixels].T) ** 2
+        scatter2[pixels] = _fit_scatter(r2, ivar[:, pixels].astype(np.float64))
+    return CannonFit(theta, np.where(alive, scatter2, np.inf))
 
 
 def _mae_line(mu: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> str:
