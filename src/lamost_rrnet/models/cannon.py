@@ -147,19 +147,36 @@ class Cannon(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(μ, variance), each (B, L) in standardized label units, from flux (B, P)."""
-        dtype = torch.float64 if x.device.type != "mps" else torch.float32
-        flux = x.to(dtype)
-        if flux.shape[0] <= _ROWS:
-            mu, var = self._solve(flux)
-        else:
-            parts = [self._solve(flux[a : a + _ROWS]) for a in range(0, flux.shape[0], _ROWS)]
-            mu, var = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        return mu.to(x.dtype), var.to(x.dtype)
+        return self.fit_labels(x)
 
     inference = forward
 
-    def _solve(self, flux: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def fit_labels(
+        self, flux: torch.Tensor, ivar: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The test step: (μ, variance) of the labels of ``flux`` (B, P).
+
+        Without ``ivar`` (what an ensemble gives a member) each arm's noise is estimated from
+        the residuals; with the inverse variance of the flux (B, P), the weights are
+        ivar/(1 + ivar s²) as in The Cannon's own test step.
+        """
+        dtype = torch.float64 if flux.device.type != "mps" else torch.float32
+        x = flux.to(dtype)
+        weights = None if ivar is None else ivar.to(dtype)
+        parts = [
+            self._solve(x[a : a + _ROWS], None if weights is None else weights[a : a + _ROWS])
+            for a in range(0, x.shape[0], _ROWS)
+        ]
+        mu, var = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return mu.to(flux.dtype), var.to(flux.dtype)
+
+    def _solve(
+        self, flux: torch.Tensor, ivar: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         live = torch.isfinite(flux) & torch.isfinite(self.scatter2)
+        if ivar is not None:
+            live &= torch.isfinite(ivar) & (ivar > 0)
+            given = torch.where(live, ivar / (1.0 + ivar * self.scatter2), 0.0)
         usable = live.any(dim=1)
         flux = torch.where(live, flux, 0.0)
         lin, quad = self._linear_quadratic()
@@ -175,7 +192,7 @@ class Cannon(nn.Module):
             labels = self._first_guess(fixed, live)
             for _ in range(self.rounds):
                 residual = fixed - self._model(labels)
-                w = self._noise_weights(residual**2, live)
+                w = self._noise_weights(residual**2, live) if ivar is None else given
                 chi2 = (w * residual**2).sum(dim=1)
                 damping = torch.full_like(chi2, 1e-3)
                 for _ in range(self.iterations):
