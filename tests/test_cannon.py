@@ -97,6 +97,25 @@ def test_pixels_of_zero_ivar_are_ignored_in_training_and_at_test():
     assert np.isnan(mu[-1]).all() and np.isnan(var[-1]).all()
 
 
+def test_a_known_ivar_at_test_weights_the_pixels_as_the_cannon_does():
+    model = hand_model(P, seed=12)
+    rng = np.random.default_rng(13)
+    train = rng.uniform(-2, 2, (200, L))
+    member = cannon(fit_cannon(hand_flux(model, train), np.full((200, P), 1e6), train))
+    test = rng.uniform(-1.5, 1.5, (20, L))
+    spectra = hand_flux(model, test) + rng.normal(0, 0.01, (20, P))
+    spectra[:, 30:60] += 0.5  # a bad region, flagged by ivar 0
+    ivar = np.full_like(spectra, 0.01**-2)
+    ivar[:, 30:60] = 0.0
+    with torch.no_grad():
+        mu, var = member.fit_labels(torch.from_numpy(spectra), torch.from_numpy(ivar))
+    blind, _ = run(member, spectra)
+    flagged, unflagged = np.abs(mu.numpy() - test).mean(), np.abs(blind - test).mean()
+    assert flagged < 0.03 and unflagged > 5 * flagged, (flagged, unflagged)
+    z = (mu.numpy() - test) / np.sqrt(var.numpy())
+    assert 0.6 < z.std() < 1.5
+
+
 def test_intrinsic_scatter_is_fitted_per_pixel():
     model = hand_model(P, seed=5)
     rng = np.random.default_rng(6)
