@@ -151,7 +151,11 @@ def markdown(result: dict) -> str:
         times = result[who]
         lines.append(
             f"\n{who}: "
-            + ", ".join(f"{k} {t['wall_s']} s wall ({t['cpu_s']} s CPU)" for k, t in times.items())
+            + ", ".join(
+                f"{k} {t['wall_s']} s wall ({t['cpu_s']} s CPU)"
+                for k, t in times.items()
+                if k != "package"
+            )
         )
     return "\n".join(lines)
 
