@@ -160,9 +160,8 @@ class Cannon(nn.Module):
         the residuals; with the inverse variance of the flux (B, P), the weights are
         ivar/(1 + ivar s²) as in The Cannon's own test step.
         """
-        dtype = torch.float64 if flux.device.type != "mps" else torch.float32
-        x = flux.to(dtype)
-        weights = None if ivar is None else ivar.to(dtype)
+        x = flux.to(torch.float64)
+        weights = None if ivar is None else ivar.to(torch.float64)
         parts = [
             self._solve(x[a : a + _ROWS], None if weights is None else weights[a : a + _ROWS])
             for a in range(0, x.shape[0], _ROWS)
