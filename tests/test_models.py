@@ -33,7 +33,7 @@ def reference_inputs() -> torch.Tensor:
 
 
 def test_registry_names_and_errors():
-    assert list_models() == ["resnet", "rrnet", "starnet", "starnet-r"]
+    assert list_models() == ["cannon", "resnet", "rrnet", "starnet", "starnet-r"]
     assert list_models("starnet*") == ["starnet", "starnet-r"]
     with pytest.raises(ValueError, match="unknown architecture 'vgg'.*rrnet"):
         create_model("vgg", 3)

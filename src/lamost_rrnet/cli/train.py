@@ -64,6 +64,38 @@ def _int_list(text: str, hint: str) -> list[int]:
         ) from None
 
 
+#: Options of the networks' training that ``--arch cannon`` refuses when given.
+CANNON_REFUSES = (
+    "members",
+    "recipe",
+    "epochs",
+    "batch_size",
+    "lr",
+    "noise_prob",
+    "noise_from_epoch",
+    "seed",
+    "resume",
+    "devices",
+    "max_minutes",
+    "nr",
+    "ns",
+    "mode",
+    "dropout",
+)
+
+
+def _given(ctx: typer.Context, names) -> list[str]:
+    """The flags (``--members``) of the options in ``names`` that the command line, the
+    environment or --config set; an option left at its default is not given."""
+    # By name: typer vendors its own click, whose ParameterSource is not click's.
+    sources = {name: ctx.get_parameter_source(name) for name in names}
+    return [
+        "--" + name.replace("_", "-")
+        for name, source in sources.items()
+        if source is not None and source.name != "DEFAULT"
+    ]
+
+
 def train_command(
     ctx: typer.Context,
     dataset: Path = typer.Argument(
@@ -71,7 +103,12 @@ def train_command(
     ),
     output: Path = _option(..., "-o", "--output", file_okay=False, help="Model directory."),
     members: int = _option(6, "--members", min=1, help="Members per label group."),
-    arch: str = _option("rrnet", "--arch", help="rrnet, resnet, starnet or starnet-r."),
+    arch: str = _option(
+        "rrnet",
+        "--arch",
+        help="rrnet, resnet, starnet, starnet-r, or cannon (a quadratic Cannon, fitted, not "
+        "trained: no --members, --epochs or other training options).",
+    ),
     groups: str = _option(
         "paper",
         "--groups",
@@ -123,7 +160,8 @@ def train_command(
         help="YAML file of option: value defaults.",
     ),
 ) -> None:
-    """Train a deep ensemble (the default recipe, or --recipe paper) and write a model directory.
+    """Train a deep ensemble (the default recipe, or --recipe paper), or fit a Cannon
+    (--arch cannon), and write a model directory.
 
     Options may also come from LAMOST_RRNET_TRAIN_<OPTION> environment variables or a
     --config YAML file; the command line wins, then the environment, then the file.
@@ -146,6 +184,13 @@ def train_command(
         raise typer.BadParameter(
             f"{arch!r}: choose one of {', '.join(list_models())}", param_hint="--arch"
         )
+    if arch == "cannon":
+        given = _given(ctx, CANNON_REFUSES)
+        if given:
+            raise typer.BadParameter(
+                f"{', '.join(given)}: not for the Cannon, which is fitted, not trained",
+                param_hint="--arch cannon",
+            )
     if groups not in ("paper", "single") and not Path(groups).is_file():
         raise typer.BadParameter(
             f"{groups!r}: use paper, single or an existing YAML file", param_hint="--groups"
@@ -168,6 +213,19 @@ def train_command(
             raise typer.BadParameter(str(exc), param_hint="--devices") from exc
 
     opts = options(ctx)
+    if arch == "cannon":
+        from lamost_rrnet.training.cannon import train_cannon
+
+        train_cannon(
+            dataset,
+            output,
+            groups if _given(ctx, ["groups"]) else "single",
+            overwrite=overwrite,
+            name=name,
+            progress=not opts.quiet,
+        )
+        info(ctx, f"predict with: lamost-rrnet predict SPECTRA --model {output}")
+        return
     train_ensemble(
         dataset,
         output,

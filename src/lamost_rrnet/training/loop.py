@@ -79,6 +79,8 @@ def _check_arguments(members: int, arch: str, epochs: int, recipe: Recipe) -> No
         raise ValueError(f"members must be at least 1, not {members}")
     if arch not in list_models():
         raise ValueError(f"unknown architecture {arch!r}: choose one of {', '.join(list_models())}")
+    if arch == "cannon":
+        raise ValueError("the Cannon is fitted, not trained: use training.cannon.train_cannon")
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, not {epochs}")
     if recipe.batch_size < 1:
