@@ -907,3 +907,41 @@ def test_a_file_over_max_file_mb_is_a_too_large_row(run_cli, model_dir, spectra,
     assert rows["a-1.fits.gz"]["flag"] == "1"
     code, out, err = run_cli("predict", big, *common)  # under the default limit: read
     assert code == 0 and "too_large" not in out
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_the_workers_of_a_killed_predict_end_with_it(model_dir, spectra, tmp_path):
+    for i in range(40):
+        shutil.copy(spectra / "a-1.fits.gz", tmp_path / f"copy-{i}.fits.gz")
+    cli = "from lamost_rrnet.cli.app import main; main()"
+    args = [sys.executable, "-c", cli, "predict", str(tmp_path), "--model", str(model_dir)]
+    args += ["--workers", "2", "--quiet", "-o", str(tmp_path / "out.fits")]
+    run = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120  # bounds for a loaded machine, not timing claims
+    workers: list[int] = []
+    while len(workers) < 2 and run.poll() is None and time.monotonic() < deadline:
+        workers = _children(run.pid)
+        time.sleep(0.02)
+    run.kill()
+    run.wait()
+    assert len(workers) >= 2, "predict ended before its workers could be seen"
+    deadline = time.monotonic() + 60
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in workers if Path(f"/proc/{p}").exists() and not _zombie(p)]
+        time.sleep(0.05)
+    for pid in alive:  # leave nothing behind, even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert alive == []
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True

@@ -56,6 +56,7 @@ from lamost_rrnet.identity import (
     path_text,
     text_hashes,
 )
+from lamost_rrnet.lifeline import exit_with_parent
 from lamost_rrnet.locking import exclusive
 from lamost_rrnet.progress import make_progress, stderr_console
 from lamost_rrnet.spectra.io import COADD_BLUE, COADD_RED, MAX_BYTES, read_mrs
@@ -391,6 +392,8 @@ class _Rows:
 
 def _init_worker(threads: int) -> None:
     from threadpoolctl import threadpool_limits
+
+    exit_with_parent()  # a SIGKILLed run must not leave its workers, and their memory, behind
 
     threadpool_limits(threads)
 
