@@ -706,7 +706,7 @@ def test_a_reader_error_may_carry_its_own_status(ensemble, spectra, monkeypatch)
     class TooBig(SpectrumError):
         status = "too_large"
 
-    def refuse(path, extensions=None):
+    def refuse(path, extensions=None, **kwargs):
         raise TooBig(f"{path}: over the cap")
 
     monkeypatch.setattr("lamost_rrnet.predict.read_mrs", refuse)

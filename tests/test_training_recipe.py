@@ -129,9 +129,12 @@ def test_micro_batches_give_the_whole_batchs_gradient(sim_with_ivar):
         shard._train(1, recipe, data.flux["train"], data.groups["G"]["train"], print, augment)
         assert max(sizes) == micro
         results.append([p.detach().clone() for p in shard.stack.parameters()])
-    # Adam's first steps magnify rounding in near-zero gradients: 1 % of a step of 5e-4.
-    for a, b in zip(*results, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=5e-6)
+    # Adam's first steps magnify rounding in near-zero gradients: a handful of weights may move
+    # by a few % of a step of 5e-4, while a wrong sum over micro-batches moves most of them by
+    # a whole step.
+    diff = torch.cat([(a - b).abs().flatten() for a, b in zip(*results, strict=True)])
+    assert diff.max() < 1e-4
+    assert (diff > 5e-6).float().mean() < 1e-4
 
 
 def test_early_stopping_keeps_the_best_checkpoint(tmp_path, sim_with_ivar, monkeypatch):
