@@ -64,7 +64,7 @@ def test_content_is_fsynced_before_the_rename_and_the_directory_after(tmp_path, 
 
 def test_temporaries_left_by_a_kill_are_removed(tmp_path):
     path = tmp_path / "d[1].h5"
-    stale = tmp_path / ".d[1].h5.x8k2.part"
+    stale = tmp_path / ".d[1].h5.x8k2_q0z.part"
     stale.write_bytes(b"half")
     (tmp_path / ".other.h5.abcd.part").write_bytes(b"not ours")
     path.write_bytes(b"done")

@@ -247,7 +247,7 @@ def test_writer_never_trusts_temporaries_left_by_a_kill(tmp_path):
     work = work_dir_for(path)
     (work / ".part-000000001.npz.k3j2.part").write_bytes(b"PK\x03\x04 half a zip")
     (work / ".assembled.h5.x9z1.part").write_bytes(b"\x89HDF half")
-    (tmp_path / ".d.h5.a1b2.part").write_bytes(b"half")
+    (tmp_path / ".d.h5.a1b2c3d4.part").write_bytes(b"half")
     w = DatasetWriter(path, NAMES, resume=True)
     assert w.n == 4
     assert sorted(p.name for p in work.iterdir()) == ["build.json", "part-000000000.npz"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -74,7 +75,14 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
     Call it only while holding the output's lock: a live writer's temporary looks the same.
     """
     target = Path(path)
-    stale = sorted(target.parent.glob(f".{glob.escape(target.name)}.*.part"))
+    # mkstemp's names: the prefix, 8 random characters of [a-z0-9_], the suffix. Matching them
+    # exactly keeps the temporaries of another output whose name starts with this one's.
+    name = re.compile(re.escape(f".{target.name}.") + r"[a-z0-9_]{8}\.part\Z")
+    stale = sorted(
+        tmp
+        for tmp in target.parent.glob(f".{glob.escape(target.name)}.*.part")
+        if name.match(tmp.name) and tmp.is_file()
+    )
     for tmp in stale:
         tmp.unlink(missing_ok=True)
     return stale

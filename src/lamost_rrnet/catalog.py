@@ -12,10 +12,8 @@ atomic move.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import re
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +27,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from lamost_rrnet import labels as label_info
-from lamost_rrnet.atomic import atomic_path
+from lamost_rrnet.atomic import atomic_path, remove_stale_temporaries
 from lamost_rrnet.errors import CatalogueError, OutputExistsError
 from lamost_rrnet.identity import escape_path, text_hashes, unescape_path
 
@@ -538,20 +536,12 @@ def remove_leftovers(output: str | os.PathLike[str]) -> list[Path]:
     a half-built or half-removed journal; the paths removed. Call only while holding the
     output's lock."""
     output = Path(output)
-    # atomic_path's temporary names: "." + name + "." + 8 random [a-z0-9_] + ".part"
-    pattern = re.compile(re.escape(f".{output.name}.") + r"[a-z0-9_]{8}\.part\Z")
     removed = []
     for directory in (_building_dir(output), _removing_dir(output)):
         if directory.exists():
             shutil.rmtree(directory)
             removed.append(directory)
-    parent = output.parent if str(output.parent) else Path(".")
-    if parent.is_dir():
-        for entry in parent.glob(f".{glob.escape(output.name)}.*.part"):
-            if pattern.match(entry.name) and entry.is_file():
-                entry.unlink(missing_ok=True)
-                removed.append(entry)
-    return removed
+    return removed + remove_stale_temporaries(output)
 
 
 def refuse_existing(
