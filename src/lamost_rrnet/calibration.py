@@ -135,24 +135,24 @@ def fit_sigma_scales(mu: np.ndarray, sigma: np.ndarray, true: np.ndarray) -> np.
     split's z_std is 1 exactly. A column with fewer than :data:`MIN_ROWS` usable rows, or
     with no spread in z, keeps the scale 1.
     """
+    return _fit(mu, sigma, true)[0]
+
+
+def _fit(mu: np.ndarray, sigma: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """:func:`fit_sigma_scales`, and the number of usable rows of each column."""
     mu, sigma, true = (np.atleast_2d(np.asarray(a, np.float64)) for a in (mu, sigma, true))
     if not mu.shape == sigma.shape == true.shape:
         raise ValueError(f"mu {mu.shape}, sigma {sigma.shape} and true {true.shape} differ")
-    scales = np.ones(mu.shape[1])
-    for j, (n, z) in enumerate(_z_columns(mu, sigma, true)):
-        if n >= MIN_ROWS:
-            spread = float(np.std(z))
-            if np.isfinite(spread) and spread > 0:
-                scales[j] = spread
-    return scales
-
-
-def _z_columns(mu: np.ndarray, sigma: np.ndarray, true: np.ndarray):
-    """(usable rows, z of those rows) per column."""
+    scales, counts = np.ones(mu.shape[1]), []
     for j in range(mu.shape[1]):
         ok = np.isfinite(mu[:, j]) & np.isfinite(true[:, j]) & np.isfinite(sigma[:, j])
         ok &= sigma[:, j] > 0
-        yield int(ok.sum()), (mu[ok, j] - true[ok, j]) / sigma[ok, j]
+        counts.append(int(ok.sum()))
+        if counts[-1] >= MIN_ROWS:
+            spread = float(np.std((mu[ok, j] - true[ok, j]) / sigma[ok, j]))
+            if np.isfinite(spread) and spread > 0:
+                scales[j] = spread
+    return scales, counts
 
 
 def fit_calibration(
@@ -194,8 +194,7 @@ def fit_calibration(
         sigma[done : done + batch.size] = s[:, columns]
         done += batch.size
     true = ds.labels(indices, common).astype(np.float64)
-    scales = fit_sigma_scales(mu, sigma, true)
-    counts = [n for n, _ in _z_columns(mu, sigma, true)]
+    scales, counts = _fit(mu, sigma, true)
     fitted = dict(zip(common, scales.tolist(), strict=True))
     used = dict(zip(common, counts, strict=True))
     return Calibration(

@@ -934,9 +934,12 @@ def predict_files(
             bar = make_progress(progress)
             task_id = bar.add_task("predict", total=total)
 
+            def warn(message: str) -> None:
+                say(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
             def unlisted(message: str) -> None:
                 summary.unlisted_dirs += 1
-                say(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+                warn(message)
 
             seen = HashSet()  # this run's inputs, once each
 
@@ -967,11 +970,7 @@ def predict_files(
                         summary.files += rows.files
                         summary.not_regular += len(rows.skipped)
                         for message in (*rows.skipped, *rows.errors):
-                            say(
-                                f"[yellow]warning:[/] {escape(message)}",
-                                highlight=False,
-                                soft_wrap=True,
-                            )
+                            warn(message)
                         pending.append(rows)
                         if sum(len(r) for r in pending) >= batch_size:
                             flush(pending)
