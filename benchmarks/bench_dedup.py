@@ -50,7 +50,7 @@ def measure(list_path: str, python_set: bool) -> dict:
     import numpy as np
 
     from lamost_rrnet.identity import HashSet, input_identity
-    from lamost_rrnet.predict import iter_input_paths, select_inputs
+    from lamost_rrnet.inputs import iter_input_paths, select_inputs
 
     # ru_maxrss is the peak so far: read it after the imports, before the work.
     before = rss_kib()

@@ -21,8 +21,10 @@ from astropy.table import Table
 
 from lamost_rrnet.catalog import catalogue_columns, journal_dir
 from lamost_rrnet.errors import CatalogueError, OutputExistsError, RRNetError
+from lamost_rrnet.inputs import iter_input_paths
 from lamost_rrnet.labels import PAPER_GROUPS, PUBLISHED_ORDER
-from lamost_rrnet.predict import default_workers, iter_input_paths, load_rv_table, predict_files
+from lamost_rrnet.predict import default_workers, predict_files
+from lamost_rrnet.rv_table import load_rv_table
 from lamost_rrnet.spectra.io import Arm, write_mrs
 
 C_KMS = 299792.458
@@ -318,9 +320,9 @@ def test_model_threads_and_default_workers(ensemble, spectra, monkeypatch):
     assert seen == [3, 1]
     assert torch.get_num_threads() == before
     monkeypatch.setattr("lamost_rrnet.predict._cores", lambda: 12)
-    assert default_workers("cpu") == 4 and default_workers("cuda") == 11
+    assert default_workers("cpu") == 12 and default_workers("cuda") == 11
     monkeypatch.setattr("lamost_rrnet.predict._cores", lambda: 2)
-    assert default_workers("cpu") == 1 and default_workers("mps") == 1
+    assert default_workers("cpu") == 2 and default_workers("mps") == 1
 
 
 def test_ccf_rv_when_there_is_no_catalogue(ensemble, spectra):
@@ -647,7 +649,7 @@ def test_each_input_is_taken_once_but_links_are_other_inputs(ensemble, spectra, 
 
 
 def test_header_values_are_checked():
-    from lamost_rrnet.predict import header_values
+    from lamost_rrnet.pipeline import header_values
 
     good = header_values({"OBSID": 5, "RA": 359.5, "DEC": -89.0})
     assert (good.obsid, good.ra, good.dec, good.unusable) == (5, 359.5, -89.0, ())
@@ -709,7 +711,7 @@ def test_a_reader_error_may_carry_its_own_status(ensemble, spectra, monkeypatch)
     def refuse(path, extensions=None, **kwargs):
         raise TooBig(f"{path}: over the cap")
 
-    monkeypatch.setattr("lamost_rrnet.predict.read_mrs", refuse)
+    monkeypatch.setattr("lamost_rrnet.pipeline.read_mrs", refuse)
     table = predict_files([spectra / "sub" / "deeper" / "c-3.fits"], model=ensemble, workers=0)
     assert list(table["status"]) == ["too_large"] and table["flag"][0] == 0
 
@@ -732,7 +734,7 @@ def test_fifos_are_skipped_and_unlistable_directories_warned(
             raise PermissionError(13, "Permission denied")
         return real_scandir(path)
 
-    monkeypatch.setattr("lamost_rrnet.predict.os.scandir", scandir)
+    monkeypatch.setattr("lamost_rrnet.inputs.os.scandir", scandir)
     signal.alarm(120)  # a hang fails the test instead of the whole run
     try:
         summary = predict_files([root, tmp_path / "named.fits"], model=model_dir, workers=0)
@@ -856,14 +858,15 @@ def test_resume_refuses_a_finished_csv_and_an_old_output(run_cli, model_dir, spe
 
 
 def test_a_csv_run_resumes_from_its_journal(ensemble, spectra, tmp_path, monkeypatch):
-    import lamost_rrnet.predict as predict
+    import lamost_rrnet.executors as executors
 
+    monkeypatch.setattr("lamost_rrnet.predict.CHUNK_FILES", 8)
     inputs = tmp_path / "in"
     inputs.mkdir()
-    for i in range(10):  # two tasks of up to 8 files, each its own chunk
+    for i in range(10):  # two chunks of up to 8 files
         (inputs / f"s{i}.fits").symlink_to(spectra / "sub" / "deeper" / "c-3.fits")
     out = tmp_path / "cat.csv"
-    rows = predict._catalogue_rows
+    rows = executors.predict_rows
     calls = []
 
     def killed_on_second(*args):
@@ -872,11 +875,11 @@ def test_a_csv_run_resumes_from_its_journal(ensemble, spectra, tmp_path, monkeyp
             raise KeyboardInterrupt
         return rows(*args)
 
-    monkeypatch.setattr(predict, "_catalogue_rows", killed_on_second)
+    monkeypatch.setattr(executors, "predict_rows", killed_on_second)
     kw = {"model": ensemble, "output": out, "workers": 0, "batch_size": 1}
     with pytest.raises(KeyboardInterrupt):
         predict_files([inputs], **kw)
-    monkeypatch.setattr(predict, "_catalogue_rows", rows)
+    monkeypatch.setattr(executors, "predict_rows", rows)
     summary = predict_files([inputs], resume=True, **kw)
     assert (summary.skipped_files, summary.rows) == (8, 2)
     assert sorted(_read(out)["filename"]) == [f"s{i}.fits" for i in range(10)]

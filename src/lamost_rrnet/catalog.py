@@ -460,8 +460,9 @@ def _header_of(path: str | os.PathLike[str]) -> dict[str, object]:
 
 
 def recorded_run(path: str | os.PathLike[str]) -> dict[str, object]:
-    """The model, ``exposures``, flag rule and kind of σ a finished FITS or Parquet catalogue was
-    made with, as in a journal's ``run``; CatalogueError if it does not record them."""
+    """The model, ``exposures``, flag rule, kind of σ and shard a finished FITS or Parquet
+    catalogue was made with, as in a journal's ``run``; CatalogueError if it does not record
+    them."""
     header = _header_of(path)
     keys = ("MODEL", "MODELVER", "EXPOSURE", *FlagRule().header())
     missing = [k for k in keys if k not in header]
@@ -471,11 +472,13 @@ def recorded_run(path: str | os.PathLike[str]) -> dict[str, object]:
     flag = dict(zip(FlagRule.__dataclass_fields__, (header[k] for k in keys[3:]), strict=True))
     # Catalogues from before calibration carry no SIGMA: their σ was the raw ensemble's.
     sigma = str(header.get("SIGMA", "raw"))
+    shard = f"{header['SHARD']}/{header['NSHARDS']}" if "SHARDALG" in header else None
     return {
         "model": escape_path(model),
         "exposures": bool(header["EXPOSURE"]),
         "flag": flag,
         "sigma": sigma,
+        "shard": shard,
     }
 
 

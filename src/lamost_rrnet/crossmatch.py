@@ -24,6 +24,7 @@ from astropy.table import Column, MaskedColumn, Table
 from lamost_rrnet.atomic import atomic_path
 from lamost_rrnet.errors import CatalogueError, OutputExistsError
 from lamost_rrnet.labels import CATALOGUE_LABELS, description, unit
+from lamost_rrnet.rv_table import RV_COLUMNS
 
 LAMOST_COLUMNS = (
     "obsid",
@@ -40,8 +41,6 @@ LAMOST_COLUMNS = (
 LAMOST_REQUIRED = ("obsid", "filename", "ra", "dec", "snr_blue", "snr_red")
 #: Without extension columns, every row is the coadd pair.
 EXTNAME_DEFAULTS = {"extname_blue": "COADD_B", "extname_red": "COADD_R"}
-#: Searched in this order when no RV column is named.
-RV_CANDIDATES = ("rv", "rv_ku0", "rv_br0", "rv_lasp0")
 LABEL_REQUIRED = ("star_id", "ra", "dec")
 QUALITY = "quality_flag"
 
@@ -254,7 +253,7 @@ def load_lamost(
     if "rv" in renames:
         mapping.update(resolve_columns(raw, ["rv"], ["rv"], renames, where))
     else:
-        for candidate in RV_CANDIDATES:
+        for candidate in RV_COLUMNS:
             if (source := _find(raw, candidate)) is not None:
                 mapping["rv"] = source
                 break

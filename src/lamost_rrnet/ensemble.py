@@ -220,7 +220,12 @@ class Ensemble(Calibrated):
             np.clip(flux, *self.preprocessing.clip, out=flux)
         flux -= self.normalization.flux_mean
         flux /= self.normalization.flux_std
-        return torch.from_numpy(flux).to(self.device)
+        tensor = torch.from_numpy(flux)
+        if self.device.type == "cuda":
+            # Page-locked memory lets the copy run without blocking, overlapped with the work
+            # queued before it on the GPU.
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
 
     def predict(
         self, flux_normalized: np.ndarray, batch_size: int = 256, raw_sigma: bool = False

@@ -41,3 +41,7 @@ class OutputExistsError(RRNetError):
 
 class OutputBusyError(RRNetError):
     """Another run is writing the same output right now."""
+
+
+class UsageError(ValueError):
+    """The call asks for something that cannot be (a wrong command line): CLI exit 2."""

@@ -2,7 +2,8 @@
 
 Exit codes (docs/architecture.md, "Command line"): 0 the job ran; 1 the inputs or the
 environment made it fail (every :class:`~lamost_rrnet.errors.RRNetError`); 2 the command
-line itself is wrong (Typer's usage errors).
+line itself is wrong (Typer's usage errors, and the library's
+:class:`~lamost_rrnet.errors.UsageError`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from rich.markup import escape
 
 from lamost_rrnet._version import __version__
 from lamost_rrnet.cli.common import GlobalOptions
-from lamost_rrnet.errors import RRNetError
+from lamost_rrnet.errors import RRNetError, UsageError
 from lamost_rrnet.progress import stderr_console
 
 app = typer.Typer(
@@ -98,6 +99,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     verbose = "--verbose" in args
     try:
         app(args=args, prog_name="lamost-rrnet")
+    except UsageError as exc:
+        if verbose:
+            traceback.print_exc(file=sys.stderr)
+        stderr_console.print(
+            f"[bold red]usage error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
+        sys.exit(2)
     except RRNetError as exc:
         if verbose:
             traceback.print_exc(file=sys.stderr)

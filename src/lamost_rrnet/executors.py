@@ -1,0 +1,134 @@
+"""Where the pipeline runs on one machine: chunks of files out to worker processes, finished
+rows back in input order, at most a few chunks in flight so memory stays bounded.
+
+Two layouts, both built from :mod:`lamost_rrnet.pipeline`:
+
+- **workers predict** (the default on a CPU): each worker process loads the model once and
+  runs the whole pipeline on its chunks with one thread (:func:`~lamost_rrnet.pipeline.
+  predict_chunk`). A worker per core keeps every core busy with no oversubscription: reading,
+  preprocessing and inference of different chunks overlap across the processes.
+- **one process feeds the model** (the default on a GPU): the workers read and preprocess
+  (:func:`~lamost_rrnet.pipeline.prepare_chunk`); this process gathers their spectra into
+  large batches for the model, copied to the GPU from pinned memory without blocking
+  (:meth:`~lamost_rrnet.ensemble.Ensemble.network_input`). It runs on a CPU too, which is how
+  the tests exercise it.
+
+With no workers, everything runs in this process (small runs: no start-up of worker
+processes).
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from lamost_rrnet.errors import RRNetError
+from lamost_rrnet.lifeline import exit_with_parent
+from lamost_rrnet.pipeline import (
+    Chunk,
+    ModelRunner,
+    Predictor,
+    ReadJob,
+    Rows,
+    predict_chunk,
+    predict_rows,
+    prepare_chunk,
+)
+
+WORKERS_PREDICT = "workers"
+FEEDER = "feeder"
+
+_PREDICTOR: Predictor | None = None  # this worker process's, set by _init_worker
+
+
+def _init_worker(threads: int, predictor: Predictor | None) -> None:
+    from threadpoolctl import threadpool_limits
+
+    global _PREDICTOR
+    exit_with_parent()  # a SIGKILLed run must not leave its workers, and their memory, behind
+    threadpool_limits(threads)
+    _PREDICTOR = predictor
+
+
+def _predict_task(paths: Sequence[str], job: ReadJob) -> Chunk:
+    assert _PREDICTOR is not None, "worker started without a predictor"
+    return predict_chunk(paths, job, _PREDICTOR)
+
+
+class LocalExecutor:
+    """Chunks of files to catalogue rows on this machine, in input order.
+
+    ``layout`` is :data:`WORKERS_PREDICT` or :data:`FEEDER`; ``runner`` is this process's
+    model (used with no workers, and by the feeder); ``predictor`` is what workers load.
+    """
+
+    def __init__(
+        self,
+        job: ReadJob,
+        predictor: Predictor,
+        runner: ModelRunner,
+        workers: int,
+        layout: str = WORKERS_PREDICT,
+        max_in_flight: int | None = None,
+    ):
+        if layout not in (WORKERS_PREDICT, FEEDER):
+            raise ValueError(f"layout {layout!r}: use {WORKERS_PREDICT!r} or {FEEDER!r}")
+        self.job, self.predictor, self.runner = job, predictor, runner
+        self.layout = layout
+        self.max_in_flight = max_in_flight or 2 * max(workers, 1) + 1
+        self.pool = None
+        if workers > 0:
+            self.pool = ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(predictor.threads, predictor if layout == WORKERS_PREDICT else None),
+            )
+
+    def _results(self, tasks: Iterator[list[str]], function, *args) -> Iterator:
+        pending: collections.deque[Future] = collections.deque()
+        try:
+            for paths in tasks:
+                pending.append(self.pool.submit(function, paths, *args))
+                while len(pending) >= self.max_in_flight:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool as exc:
+            raise RRNetError(
+                "a worker process died (out of memory?): what is written so far is kept; "
+                "continue with --resume"
+            ) from exc
+
+    def run(self, tasks: Iterator[list[str]]) -> Iterator[Chunk]:
+        """Finished rows of each chunk (workers), or of each batch (feeder), in input order."""
+        if self.layout == FEEDER:
+            yield from self._feed(tasks)
+        elif self.pool is None:
+            rule = self.predictor.flag_rule
+            for paths in tasks:
+                yield predict_rows([prepare_chunk(paths, self.job)], self.runner, rule)
+        else:
+            yield from self._results(tasks, _predict_task, self.job)
+
+    def _feed(self, tasks: Iterator[list[str]]) -> Iterator[Chunk]:
+        """Gather prepared chunks into batches of at least ``runner.batch_size`` spectra."""
+        if self.pool is None:
+            prepared = (prepare_chunk(paths, self.job) for paths in tasks)
+        else:
+            prepared = self._results(tasks, prepare_chunk, self.job)
+        pending: list[Rows] = []
+        for rows in prepared:
+            pending.append(rows)
+            if sum(len(r) for r in pending) >= self.runner.batch_size:
+                yield predict_rows(pending, self.runner, self.predictor.flag_rule)
+                pending = []
+        if pending:
+            yield predict_rows(pending, self.runner, self.predictor.flag_rule)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
