@@ -10,8 +10,9 @@ them) and end with a FITS catalogue, using a 12-member ensemble of the published
   per-spectrum continuum normalization (``normalize_reference``: median cleaning and the
   np.polyfit loop); then the 12 members one after another over all spectra (batches of 256),
   combined by paper eq. 3; then the catalogue. It reads with lamost-rrnet's reader, which is
-  faster than the authors' astropy reading, and it is timed with one torch thread and with
-  one per core, the faster counting: the baseline is, if anything, flattered.
+  faster than the authors' astropy reading, and it is timed with one torch thread (and, with
+  ``--baseline-threads 1 2``, also with two), the faster counting: the baseline is, if anything,
+  flattered.
 
 lamost-rrnet is timed before and after the baselines; on a shared machine the difference
 between the two shows how much the load changed.
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from lamost_rrnet.catalog import CatalogueSchema
 from lamost_rrnet.devices import select_device
@@ -134,12 +136,72 @@ def authors_method(files: list[Path], rvs: dict[int, float], ens: Ensemble, out:
     table.write(out, overwrite=True)
 
 
+def part_seconds(files: list[Path], rvs: dict[int, float], ens: Ensemble) -> dict[str, float]:
+    """CPU seconds per spectrum of each part of the pipeline, one thread, in this process.
+
+    The bound on a run's rate is cores / (the sum of these): what the parts' CPU time allows
+    if every core is kept busy and nothing else costs anything.
+    """
+    from lamost_rrnet.spectra.io import COADD_BLUE, COADD_RED
+    from lamost_rrnet.spectra.preprocess import normalize, outlier_stats
+
+    spent = dict.fromkeys(("read coadds", "outlier stats", "resample", "normalize"), 0.0)
+    spectra, flux = [], []
+    for path in files:
+        t0 = time.process_time()
+        mrs = read_mrs(path, [COADD_BLUE, COADD_RED])
+        spectra.append((mrs.coadd(), rvs[mrs.obsid]))
+        spent["read coadds"] += time.process_time() - t0
+    t0 = time.process_time()
+    for spectrum, rv in spectra:
+        outlier_stats(spectrum, rv, RRNET2022)
+    spent["outlier stats"] = time.process_time() - t0
+    t0 = time.process_time()
+    for spectrum, rv in spectra:
+        flux.append(resample(spectrum, rv, RRNET2022))
+    spent["resample"] = time.process_time() - t0
+    t0 = time.process_time()
+    with threadpool_limits(1):  # as in the workers: idle BLAS threads would spin on our CPU time
+        normalized = [
+            normalize(np.stack(flux[a : a + 32]), RRNET2022) for a in range(0, len(flux), 32)
+        ]
+    spent["normalize"] = time.process_time() - t0
+    torch.set_num_threads(1)
+    ens.predict(normalized[0][:8])
+    for batch in (32, 256):  # the chunk of a worker, and a large batch: the cheaper counts
+        t0 = time.process_time()
+        ens.predict(np.concatenate(normalized), batch_size=batch)
+        spent[f"ensemble B={batch}"] = time.process_time() - t0
+    return {part: seconds / len(files) for part, seconds in spent.items()}
+
+
+def cpu_flags() -> str:
+    """The SIMD flags that change the picture (AVX2, AVX-512), from /proc/cpuinfo."""
+    try:
+        flags = next(
+            line.split(":", 1)[1].split()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("flags")
+        )
+    except (OSError, StopIteration):
+        return "unknown"
+    shown = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile") if f in flags]
+    return " ".join(shown) or "no AVX2"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=1200, help="spectra (files)")
     parser.add_argument("--workers", type=int, default=None, help="predict worker processes")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     parser.add_argument("--threads", type=int, default=None, help="predict's torch threads")
+    parser.add_argument(
+        "--baseline-threads",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="torch threads for the authors' method (each is timed; the faster counts)",
+    )
     args = parser.parse_args()
     device = select_device(args.device)
     workers = default_workers(device.type) if args.workers is None else args.workers
@@ -173,11 +235,12 @@ def main() -> None:
             return time.perf_counter() - t0
 
         # Ours before and after the baselines, so that a change of load on a shared machine
-        # shows up as a difference between the two. The baseline runs with one torch thread
-        # and with one per core; the faster counts.
+        # shows up as a difference between the two. Of the baseline's thread counts, the
+        # faster counts.
         ours_before = ours("ours1.fits")
-        baseline = {threads: theirs(threads) for threads in sorted({1, cores})}
+        baseline = {threads: theirs(threads) for threads in sorted(set(args.baseline_threads))}
         ours_after = ours("ours2.fits")
+        parts = part_seconds(files[: min(len(files), 600)], rvs, ens)
 
     flux = (1 + 0.05 * np.random.default_rng(0).normal(size=(256, 7200))).astype(np.float32)
     model_only = {}
@@ -189,8 +252,8 @@ def main() -> None:
         model_only[threads] = time.perf_counter() - t0
     mean_ours = (ours_before + ours_after) / 2
     print(
-        f"date {date.today()}  machine {platform.machine()}, {cores} cores  device {device}  "
-        f"workers {workers}"
+        f"date {date.today()}  machine {platform.machine()}, {cores} cores ({cpu_flags()})  "
+        f"device {device}  workers {workers}  load average {os.getloadavg()[0]:.1f}"
     )
     print(f"{args.n} .fits.gz coadds -> FITS catalogue, 12-member published-size ensemble")
     print(
@@ -203,6 +266,18 @@ def main() -> None:
             f"thread(s) ({seconds:.0f} s)"
         )
     print(f"speed-up              : {min(baseline.values()) / mean_ours:6.2f}x (vs the faster)")
+    ensemble = min(v for k, v in parts.items() if k.startswith("ensemble"))
+    per_spectrum = sum(v for k, v in parts.items() if not k.startswith("ensemble")) + ensemble
+    bound = cores / per_spectrum
+    for part, seconds in parts.items():
+        print(f"CPU per spectrum      : {1e3 * seconds:6.2f} ms  {part}")
+    best = args.n / min(ours_before, ours_after)
+    print(
+        f"bound                 : {bound:6.1f} spectra/s = {cores} cores / "
+        f"{1e3 * per_spectrum:.2f} ms; lamost-rrnet at "
+        f"{100 * args.n / mean_ours / bound:.0f} % of it on average, {100 * best / bound:.0f} % "
+        "at best"
+    )
     for threads, seconds in model_only.items():
         print(
             f"ensemble alone        : {256 / seconds:6.1f} spectra/s with {threads} torch "

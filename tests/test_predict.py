@@ -285,10 +285,13 @@ def test_model_with_other_labels(spectra):
     ]
 
 
-def test_worker_processes_give_the_same_rows(ensemble, spectra):
+@pytest.mark.parametrize("layout", ["workers", "feeder"])
+def test_worker_processes_give_the_same_rows(ensemble, spectra, layout):
+    """Workers that run the whole pipeline, and workers that feed this process's model (the GPU
+    layout, run here on the CPU), give the rows of a run in one process."""
     kw = {"model": ensemble, "catalogue": spectra / "rv.csv", "exposures": True}
     inline = predict_files([spectra], workers=0, **kw)
-    pooled = predict_files([spectra], workers=1, batch_size=1, **kw)
+    pooled = predict_files([spectra], workers=2, batch_size=1, layout=layout, **kw)
     for t in (inline, pooled):
         t.sort(["filename", "extname_blue"])
     assert len(inline) == 4

@@ -57,8 +57,9 @@ def predict_command(
         "--workers",
         min=0,
         help=(
-            "Processes that read and preprocess; 0: none "
-            "(default: 1/3 of the cores for a CPU model, all but one for a GPU)."
+            "Worker processes; 0: all in this process (default: one per core for a CPU model, "
+            "each running the whole pipeline; all cores but one, reading and preprocessing, "
+            "for a GPU; none for runs of under 64 files)."
         ),
         show_default=False,
     ),
@@ -76,6 +77,16 @@ def predict_command(
         "--raw-sigma",
         help="Write the ensemble's uncalibrated σ instead of the model's calibrated σ.",
     ),
+    shard: str | None = typer.Option(
+        None,
+        "--shard",
+        help=(
+            "K/N: take only the inputs in shard K of N (blake2b-64 of each input's path, mod "
+            "N), for job arrays; merge the parts with 'lamost-rrnet merge'. Needs a .fits or "
+            ".parquet output."
+        ),
+        show_default=False,
+    ),
     max_file_mb: float = typer.Option(
         MAX_FILE_MB,
         "--max-file-mb",
@@ -86,6 +97,7 @@ def predict_command(
     """Estimate Teff, log g and 15 abundances for LAMOST MRS spectra; write the catalogue."""
     from lamost_rrnet.catalog import output_format
     from lamost_rrnet.cli.common import info, options
+    from lamost_rrnet.inputs import Shard
     from lamost_rrnet.predict import predict_files
 
     paths = paths or []
@@ -100,6 +112,8 @@ def predict_command(
         raise typer.BadParameter("use either --resume or --overwrite", param_hint="--resume")
     if output == "-" and (resume or overwrite):
         raise typer.BadParameter("needs an output file, not stdout", param_hint="--resume")
+    if shard is not None:
+        shard = Shard.parse(shard)
     opts = options(ctx)
     summary = predict_files(
         paths,
@@ -118,5 +132,6 @@ def predict_command(
         threads=opts.threads,
         raw_sigma=raw_sigma,
         max_file_bytes=int(max_file_mb * 2**20),
+        shard=shard,
     )
     info(ctx, summary.text())

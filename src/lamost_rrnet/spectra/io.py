@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from astropy.io import fits
 
 from lamost_rrnet.atomic import atomic_write_bytes
 from lamost_rrnet.errors import FileTooLarge, SpectrumError
@@ -557,11 +556,13 @@ def _arm_table(arm: Arm, layout: str) -> bytes:
 _STRUCTURAL = ("SIMPLE", "BITPIX", "NAXIS", "EXTEND", "EXTNAME", "END")
 
 
-HeaderLike = Mapping | fits.Header | Sequence[tuple[str, object, str]]
+HeaderLike = Mapping | Sequence[tuple[str, object, str]]  # or an astropy.io.fits.Header
 
 
 def _header_entries(header: HeaderLike) -> list[tuple[str, object, str]]:
-    if isinstance(header, fits.Header):
+    # An astropy Header, recognized by its cards so that reading never imports astropy
+    # (a second of start-up for a one-file predict).
+    if hasattr(header, "cards"):
         return [(c.keyword, c.value, c.comment) for c in header.cards]
     if isinstance(header, Mapping):
         return [(k, v, "") for k, v in header.items()]
