@@ -252,12 +252,19 @@ def test_an_existing_output_is_refused_without_overwrite(tmp_path):
     _part(parts / "a.parquet", 0)
     _part(parts / "b.parquet", 10)
     out = parts / "all.parquet"  # among the parts, but never one of them
+    journal_dir(out).mkdir()  # of a predict run on this name, killed
+    with pytest.raises(OutputExistsError, match="unfinished predict run.*--overwrite"):
+        merge_catalogues(parts, out)
+    journal_dir(out).rmdir()
     out.write_bytes(b"old")
     with pytest.raises(OutputExistsError, match="--overwrite"):
         merge_catalogues(parts, out)
     assert out.read_bytes() == b"old"
     assert merge_catalogues(parts, out, overwrite=True).rows == 8
+    journal_dir(out).mkdir()
+    (parts / ".all.parquet.k1ll3d_0.part").write_bytes(b"a merge killed while writing")
     assert merge_catalogues(parts, out, overwrite=True).rows == 8
+    assert not journal_dir(out).exists()  # it would replace the merge if resumed
     assert not list(parts.glob(".*"))  # no temporary or lock file is left
 
 

@@ -10,8 +10,8 @@ per kind of problem with up to ten examples, so that one try shows what to fix:
 2. One pass over the resume key's columns (``path``, ``extname_blue``, ``extname_red``; for a
    FITS output every text column, whose longest values size the FITS columns): a 64-bit hash
    of each row's key goes into a sorted array per part. Rows repeated within or across parts
-   are found with 8 bytes a row, 16 while the parts' arrays are merged; a Python set would take
-   over 100.
+   are found with 8 bytes a row, 16 while the parts' arrays are merged (a Python set of the
+   keys would take over 100: docs/performance.md).
 3. The copy: the parts' rows, in bounded batches and in order, through
    :func:`~lamost_rrnet.catalog.write_catalogue`, which writes atomically.
 
@@ -119,7 +119,7 @@ def _is_part(path: Path) -> bool:
     return FORMATS.get(path.suffix.lower()) in _PART_FORMATS
 
 
-def find_parts(
+def _find_parts(
     arguments: Iterable[str | os.PathLike[str]], output: str | os.PathLike[str]
 ) -> tuple[list[Path], list[Path]]:
     """The part files that ``arguments`` name, a directory giving its *.fits and *.parquet
@@ -241,7 +241,7 @@ def _check_shards(infos: Sequence[CatalogueInfo], shards: int, problems: _Proble
     problems.add(missing.size, what, [str(k) for k in missing[:MAX_EXAMPLES].tolist()])
 
 
-def merged_header(infos: Sequence[CatalogueInfo]) -> dict[str, tuple[object, str]]:
+def _merged_header(infos: Sequence[CatalogueInfo]) -> dict[str, tuple[object, str]]:
     """The header of the merge of ``infos``: every key whose value all of them share, in the
     first one's order, but the shard index and the date; then a new DATE and NMERGED."""
     header: dict[str, tuple[object, str]] = {}
@@ -408,7 +408,7 @@ def merge_catalogues(
     with exclusive(output):
         _refuse_existing(output, overwrite)
         remove_leftovers(output)
-        paths, unwritten = find_parts(arguments, output)
+        paths, unwritten = _find_parts(arguments, output)
         if not paths:
             where = ", ".join(os.fspath(a) for a in arguments) or "nothing"
             raise CatalogueError(f"no parts to merge: no .fits or .parquet catalogue in {where}")
@@ -424,7 +424,7 @@ def merge_catalogues(
             if shards is not None:
                 _check_shards(infos, shards, problems)
         problems.raise_any()
-        header = merged_header(infos)
+        header = _merged_header(infos)
         if fmt == "fits":
             check_header(header)
 
