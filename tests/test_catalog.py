@@ -22,9 +22,11 @@ from lamost_rrnet.catalog import (
     FlagRule,
     Journal,
     catalogue_columns,
+    catalogue_info,
     journal_dir,
     output_format,
     read_batches,
+    shard_header,
     status_text,
     write_catalogue,
 )
@@ -178,6 +180,44 @@ def test_round_trip_through_read_batches(tmp_path, suffix):
         schema = pq.read_schema(path)
         assert json.loads(schema.metadata[b"lamost_rrnet"])["MODEL"] == "m"
         assert schema.field("Logg").metadata[b"unit"] == b"dex"
+
+
+def test_schema_from_columns():
+    assert CatalogueSchema.from_columns(SCHEMA.names) == SCHEMA
+    for names in (SCHEMA.names[::-1], SCHEMA.names[:-1], ["a", "flag"], []):
+        with pytest.raises(ValueError, match="not those of a lamost-rrnet catalogue"):
+            CatalogueSchema.from_columns(names)
+
+
+@pytest.mark.parametrize("suffix", [".fits", ".csv", ".parquet"])
+def test_read_batches_of_some_columns(tmp_path, suffix):
+    table = SCHEMA.table(_rows(SCHEMA, 3))
+    path = tmp_path / f"cat{suffix}"
+    write_catalogue(path, SCHEMA, [table], 3, WIDTHS, {"MODEL": "m"})
+    back = next(read_batches(path, SCHEMA, ["path", "Logg", "obsid"]))
+    assert back.equals(table.select(["path", "Logg", "obsid"]))
+
+
+@pytest.mark.parametrize("suffix", [".fits", ".parquet"])
+def test_catalogue_info_reads_the_header_not_the_rows(tmp_path, suffix):
+    path = tmp_path / f"cat{suffix}"
+    header = {**HEADER, **shard_header(2, 3)}
+    write_catalogue(path, SCHEMA, [SCHEMA.table(_rows(SCHEMA, 5))], 5, WIDTHS, header)
+    info = catalogue_info(path)
+    assert (info.columns, info.n_rows) == (SCHEMA.names, 5)
+    assert info.header == {k: v[0] if isinstance(v, tuple) else v for k, v in header.items()}
+    assert info.header["SHARD"] == 2 and info.header["SHARDALG"] == "blake2b-64"
+    if suffix == ".fits":
+        assert info.comments["SHARD"] == "this shard, 0 to NSHARDS-1"
+    with pytest.raises(CatalogueError, match="records no header"):
+        catalogue_info(tmp_path / "cat.csv")
+
+
+def test_a_shard_is_0_to_n_minus_1():
+    assert shard_header(0, 1)["NSHARDS"][0] == 1
+    for shard, n in ((3, 3), (-1, 3), (0, 0)):
+        with pytest.raises(ValueError, match="a shard is 0 to"):
+            shard_header(shard, n)
 
 
 def test_read_batches_refuses_other_columns(tmp_path):

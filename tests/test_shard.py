@@ -14,11 +14,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from astropy.io import fits
-from astropy.table import Table, vstack
+from astropy.table import Table
 
-from lamost_rrnet.catalog import recorded_run
+from lamost_rrnet.catalog import catalogue_info, recorded_run
 from lamost_rrnet.errors import OutputExistsError, UsageError
 from lamost_rrnet.inputs import Shard, shard_hashes
+from lamost_rrnet.merge import merge_catalogues
 from lamost_rrnet.predict import predict_files
 from test_predict import _read, tiny_ensemble, write_file
 
@@ -95,22 +96,30 @@ def test_shards_partition_the_input_in_any_order(inputs):
         assert all(np.array_equal(a, b) for a, b in zip(members, backwards, strict=True))
 
 
-def test_three_parts_hold_the_rows_of_the_unsharded_run(ensemble, inputs, tmp_path):
+def test_three_parts_merged_are_the_unsharded_catalogue(ensemble, inputs, tmp_path):
     kw = {"model": ensemble, "workers": 0, "exposures": True}
-    whole = predict_files([inputs], **kw)
-    listing = tmp_path / "files.txt"
+    whole = tmp_path / "whole.fits"
+    predict_files([inputs], output=whole, **kw)
+    listing = tmp_path / "files.txt"  # the list in another order than the directory walk
     listing.write_bytes(b"\n".join(os.fsencode(p) for p in sorted(inputs.iterdir())[::-1]))
-    parts = []
+    (tmp_path / "parts").mkdir()
+    paths = []
     for k in range(3):
-        out = tmp_path / f"part-{k}.parquet"
+        out = tmp_path / "parts" / f"part-{k}.parquet"
         summary = predict_files(list_file=listing, output=out, shard=f"{k}/3", **kw)
         assert summary.outside_shard == 12 - summary.files
-        assert recorded_run(out)["shard"] == f"{k}/3"
-        parts.append(_read(out))
-    paths = [set(p["path"]) for p in parts]
+        assert recorded_run(catalogue_info(out))["shard"] == f"{k}/3"
+        paths.append(set(pq.read_table(out, columns=["path"])["path"].to_pylist()))
     assert sum(len(p) for p in paths) == len(set().union(*paths)) == 12  # each in one shard
     assert all(paths)  # with 12 inputs, no shard of three is empty here
-    _same_rows(vstack(parts), whole, _label_std(ensemble))
+    merged = tmp_path / "merged.fits"
+    merge_catalogues([tmp_path / "parts"], merged, shards=3)
+    _same_rows(_read(merged), _read(whole), _label_std(ensemble))
+    want, got = fits.getheader(whole, 0), fits.getheader(merged, 0)
+    ignore = {"DATE", "SHARDALG", "SHARD", "NSHARDS", "NMERGED"}
+    assert {k: want[k] for k in want if k not in ignore} == {
+        k: got[k] for k in got if k not in ignore
+    }
 
 
 def test_an_empty_shard_writes_an_empty_catalogue_with_its_shard(ensemble, inputs, tmp_path):
@@ -128,7 +137,7 @@ def test_an_empty_shard_writes_an_empty_catalogue_with_its_shard(ensemble, input
             table = _read(out)
             names = table.colnames
         assert len(table) == 0 and "path" in names
-        assert recorded_run(out)["shard"] == f"{empty}/{n}"
+        assert recorded_run(catalogue_info(out))["shard"] == f"{empty}/{n}"
         if suffix == "fits":
             primary = fits.getheader(out, 0)
             assert (primary["SHARDALG"], primary["SHARD"], primary["NSHARDS"]) == (

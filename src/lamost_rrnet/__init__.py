@@ -11,6 +11,7 @@ from lamost_rrnet.errors import (
     RRNetError,
     SpectrumError,
 )
+from lamost_rrnet.merge import merge_catalogues
 from lamost_rrnet.predict import predict_files
 from lamost_rrnet.spectra.io import Arm, MRSFile, Spectrum, read_mrs, write_mrs
 from lamost_rrnet.spectra.preprocess import (
@@ -37,6 +38,7 @@ __all__ = [
     "SpectrumError",
     "__version__",
     "catalogue_columns",
+    "merge_catalogues",
     "normalize",
     "outlier_stats",
     "predict_files",

@@ -48,6 +48,11 @@ JOURNAL_SUFFIX = ".journal"
 _JOURNAL_VERSION = 2  # 2: rows carry their input's path, the resume key
 _IMPORT_ROWS = 65536
 
+# The header of one shard of a sharded run (``predict --shard K/N``): how inputs were split,
+# this part's shard (0 to N-1) and N. ``merge`` checks them; unsharded catalogues lack them.
+SHARD_ALGORITHM = "blake2b-64"
+SHARD_KEYS = ("SHARDALG", "SHARD", "NSHARDS")
+
 # Bits of the flag rule; the status text of a predicted row names the bits that are set.
 # BAD_HEADER is not the flag rule's: predict sets it for a header card it could not use.
 LOW_SNR, OUTLIERS, OUT_OF_RANGE, HIGH_SIGMA, NAN_LABEL, BAD_HEADER = 1, 2, 4, 8, 16, 32
@@ -91,6 +96,16 @@ class CatalogueSchema:
     @classmethod
     def for_labels(cls, label_names: Sequence[str]) -> CatalogueSchema:
         return cls(tuple(catalogue_labels(label_names)))
+
+    @classmethod
+    def from_columns(cls, names: Sequence[str]) -> CatalogueSchema:
+        """The schema whose columns are ``names``; ValueError if they are no catalogue's."""
+        names = list(names)
+        end = names.index("flag") if "flag" in names else len(META_COLUMNS)
+        schema = cls.for_labels(names[len(META_COLUMNS) : end : 2])
+        if schema.names != names:
+            raise ValueError("its columns are not those of a lamost-rrnet catalogue")
+        return schema
 
     @cached_property
     def columns(self) -> tuple[Column, ...]:
@@ -222,6 +237,17 @@ class FlagRule:
         }
 
 
+def shard_header(shard: int, n_shards: int) -> dict[str, tuple[object, str]]:
+    """The header keys (:data:`SHARD_KEYS`) of shard ``shard`` (0 to ``n_shards`` - 1)."""
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} of {n_shards}: a shard is 0 to {n_shards - 1}")
+    return {
+        "SHARDALG": (SHARD_ALGORITHM, "how the inputs were split into shards"),
+        "SHARD": (shard, "this shard, 0 to NSHARDS-1"),
+        "NSHARDS": (n_shards, "shards of the whole run"),
+    }
+
+
 def status_text(bits: np.ndarray) -> list[str]:
     """The status of predicted rows from their flag bits: e.g. ``low_snr,outliers``; '' if good."""
     out = []
@@ -240,7 +266,8 @@ def output_format(path: str | os.PathLike[str]) -> str:
     return fmt
 
 
-def _string_widths(table: pa.Table) -> dict[str, int]:
+def string_widths(table: pa.Table) -> dict[str, int]:
+    """The longest value of each text column of ``table``: what FITS columns are sized by."""
     import pyarrow.compute as pc
 
     widths = {}
@@ -389,14 +416,19 @@ def write_catalogue(
                 stream.close()
 
 
-def read_batches(path: str | os.PathLike[str], schema: CatalogueSchema) -> Iterator[pa.Table]:
-    """The rows of an existing catalogue file, in bounded batches, typed as ``schema``."""
+def read_batches(
+    path: str | os.PathLike[str], schema: CatalogueSchema, columns: Sequence[str] | None = None
+) -> Iterator[pa.Table]:
+    """The rows of an existing catalogue file, in bounded batches, typed as ``schema``; only
+    ``columns`` of them when given (a Parquet or FITS file then reads no other column)."""
+    names = schema.names if columns is None else list(columns)
+    target = pa.schema([schema.arrow.field(name) for name in names])
     fmt = output_format(path)
     if fmt == "parquet":
         source = pq.ParquetFile(path)
         _check_columns(path, source.schema_arrow.names, schema)
-        for batch in source.iter_batches(batch_size=_IMPORT_ROWS):
-            yield pa.Table.from_batches([batch]).select(schema.names).cast(schema.arrow)
+        for batch in source.iter_batches(batch_size=_IMPORT_ROWS, columns=names):
+            yield pa.Table.from_batches([batch]).select(names).cast(target)
     elif fmt == "csv":
         options = pa_csv.ConvertOptions(
             column_types=schema.arrow, strings_can_be_null=False, null_values=[]
@@ -404,12 +436,14 @@ def read_batches(path: str | os.PathLike[str], schema: CatalogueSchema) -> Itera
         reader = pa_csv.open_csv(path, convert_options=options)
         _check_columns(path, reader.schema.names, schema)
         for batch in reader:
-            yield pa.Table.from_batches([batch]).cast(schema.arrow)
+            yield pa.Table.from_batches([batch]).select(names).cast(target)
     else:
-        yield from _read_fits_batches(path, schema)
+        yield from _read_fits_batches(path, schema, target)
 
 
-def _read_fits_batches(path: str | os.PathLike[str], schema: CatalogueSchema) -> Iterator[pa.Table]:
+def _read_fits_batches(
+    path: str | os.PathLike[str], schema: CatalogueSchema, target: pa.Schema
+) -> Iterator[pa.Table]:
     from astropy.io import fits
 
     with fits.open(path, memmap=True) as hdul:
@@ -419,11 +453,14 @@ def _read_fits_batches(path: str | os.PathLike[str], schema: CatalogueSchema) ->
         _check_columns(path, list(data.columns.names), schema)
         for start in range(0, len(data), _IMPORT_ROWS):
             rows = data[start : start + _IMPORT_ROWS]
-            columns = {}
-            for c in schema.columns:
-                values = np.asarray(rows[c.name])
-                columns[c.name] = values.astype(str) if c.dtype == "str" else values.astype(c.dtype)
-            yield schema.table(columns)
+            arrays = []
+            for f in target:
+                values = np.asarray(rows[f.name])
+                if f.type == pa.string():
+                    arrays.append(pa.array(list(values.astype(str)), type=f.type))
+                else:
+                    arrays.append(pa.array(values.astype(f.type.to_pandas_dtype()), type=f.type))
+            yield pa.Table.from_arrays(arrays, schema=target)
 
 
 def _check_columns(path: str | os.PathLike[str], names: Sequence[str], schema: CatalogueSchema):
@@ -435,35 +472,55 @@ def _check_columns(path: str | os.PathLike[str], names: Sequence[str], schema: C
 
 
 # ---------------------------------------------------------------------------------------------
-# Resuming from a finished output
+# Finished catalogues: what their headers record, and resuming from one
+
+# FITS primary-header keys that describe the file, not the catalogue.
+_FITS_STRUCTURE = ("SIMPLE", "BITPIX", "NAXIS", "EXTEND", "COMMENT", "HISTORY", "")
 
 
-def _columns_of(path: str | os.PathLike[str]) -> list[str]:
+@dataclass(frozen=True)
+class CatalogueInfo:
+    """A finished FITS or Parquet catalogue as its headers describe it, its rows unread."""
+
+    path: Path
+    columns: list[str]
+    header: dict[str, object]  # the values the writer was given (the header argument)
+    comments: dict[str, str]  # their FITS comments; Parquet keeps none
+    n_rows: int
+
+
+def catalogue_info(path: str | os.PathLike[str]) -> CatalogueInfo:
+    """Read the columns, header and row count of a FITS or Parquet catalogue; a CSV catalogue
+    records no header (CatalogueError)."""
     fmt = output_format(path)
     if fmt == "parquet":
-        return list(pq.read_schema(path).names)
+        meta = pq.read_metadata(path)
+        schema = meta.schema.to_arrow_schema()
+        header = json.loads((schema.metadata or {}).get(b"lamost_rrnet", b"{}"))
+        return CatalogueInfo(Path(path), list(schema.names), header, {}, meta.num_rows)
+    if fmt == "csv":
+        raise CatalogueError(f"{path}: a CSV catalogue records no header (model, options)")
     from astropy.io import fits
 
     with fits.open(path, memmap=True) as hdul:
         if len(hdul) < 2 or not isinstance(hdul[1], fits.BinTableHDU):
             raise CatalogueError(f"{path}: no catalogue table in extension 1")
-        return list(hdul[1].columns.names)
+        primary = hdul[0].header
+        keys = [k for k in primary if k not in _FITS_STRUCTURE and not k.startswith("NAXIS")]
+        return CatalogueInfo(
+            Path(path),
+            list(hdul[1].columns.names),
+            {k: primary[k] for k in keys},
+            {k: primary.comments[k] for k in keys},
+            int(hdul[1].header["NAXIS2"]),
+        )
 
 
-def _header_of(path: str | os.PathLike[str]) -> dict[str, object]:
-    if output_format(path) == "parquet":
-        meta = pq.read_schema(path).metadata or {}
-        return json.loads(meta.get(b"lamost_rrnet", b"{}"))
-    from astropy.io import fits
-
-    return dict(fits.getheader(path, 0))
-
-
-def recorded_run(path: str | os.PathLike[str]) -> dict[str, object]:
+def recorded_run(catalogue: CatalogueInfo) -> dict[str, object]:
     """The model, ``exposures``, flag rule, kind of σ and shard a finished FITS or Parquet
     catalogue was made with, as in a journal's ``run``; CatalogueError if it does not record
     them."""
-    header = _header_of(path)
+    header, path = catalogue.header, catalogue.path
     keys = ("MODEL", "MODELVER", "EXPOSURE", *FlagRule().header())
     missing = [k for k in keys if k not in header]
     if missing:
@@ -495,14 +552,14 @@ def check_resumable(
             "or use --overwrite"
         )
     try:
-        names = _columns_of(output)
-        if "path" not in names:
+        info = catalogue_info(output)
+        if "path" not in info.columns:
             raise OutputExistsError(
                 f"{output}: written before catalogues had a path column, so --resume cannot "
                 "tell which inputs it holds: use --overwrite or a new output"
             )
-        _check_columns(output, names, schema)
-        recorded = recorded_run(output)
+        _check_columns(output, info.columns, schema)
+        recorded = recorded_run(info)
     except (OSError, ValueError) as exc:
         raise CatalogueError(f"{output}: not a readable catalogue ({exc})") from exc
     for key, value in recorded.items():
@@ -521,6 +578,13 @@ def journal_dir(output: str | os.PathLike[str]) -> Path:
     """Where the chunks of a run writing ``output`` are kept until it is assembled."""
     output = Path(output)
     return output.with_name(output.name + JOURNAL_SUFFIX)
+
+
+def run_directories(output: str | os.PathLike[str]) -> list[Path]:
+    """The directories that a run writing ``output`` keeps beside it until it has finished:
+    its journal, and a journal being built or being removed."""
+    output = Path(output)
+    return [journal_dir(output), _building_dir(output), _removing_dir(output)]
 
 
 def _building_dir(output: Path) -> Path:
@@ -657,7 +721,7 @@ class Journal:
 
     def append(self, table: pa.Table) -> None:
         """Write one chunk atomically."""
-        meta = {"widths": json.dumps(_string_widths(table))}
+        meta = {"widths": json.dumps(string_widths(table))}
         table = table.replace_schema_metadata(meta)
         with atomic_path(self.directory / f"chunk-{self._next:08d}.parquet") as tmp:
             pq.write_table(table, tmp)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lamost_rrnet.catalog import shard_header
 from lamost_rrnet.errors import UsageError
 from lamost_rrnet.identity import (
     HashSet,
@@ -26,8 +27,6 @@ from lamost_rrnet.identity import (
 )
 
 INPUT_SUFFIXES = (".fits", ".fits.gz")
-#: How a sharded run picks its inputs; recorded in each part's header (SHARDALG).
-SHARD_ALGORITHM = "blake2b-64"
 
 
 def _has_magic(path: str) -> bool:
@@ -108,11 +107,8 @@ class Shard:
         return cls(int(index), int(count))
 
     def header(self) -> dict[str, tuple]:
-        return {
-            "SHARDALG": (SHARD_ALGORITHM, "shard: hash of the input identity mod NSHARDS"),
-            "SHARD": (self.index, "this part's shard K"),
-            "NSHARDS": (self.count, "number of shards N"),
-        }
+        """The part's header keys: the algorithm (catalog.SHARD_ALGORITHM), K and N."""
+        return shard_header(self.index, self.count)
 
     def members(self, block: Sequence[str]) -> np.ndarray:
         """Which paths of ``block`` fall in this shard."""
@@ -120,7 +116,8 @@ class Shard:
 
 
 def shard_hashes(paths: Iterable[str | bytes | os.PathLike]) -> np.ndarray:
-    """BLAKE2b with an 8-byte digest of each input identity's bytes, as little-endian uint64.
+    """BLAKE2b with an 8-byte digest of each input identity's bytes, as little-endian uint64:
+    the "blake2b-64" of :data:`lamost_rrnet.catalog.SHARD_ALGORITHM`.
 
     Unlike Python's salted ``hash()``, the same in every process, machine and release.
     """

@@ -109,9 +109,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     except RRNetError as exc:
         if verbose:
             traceback.print_exc(file=sys.stderr)
-        stderr_console.print(
-            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
-        )
+        # A message of several lines (merge's refusals: one per kind of problem) gets the
+        # prefix on each, so that every line stands alone in a log.
+        for line in str(exc).splitlines() or [""]:
+            stderr_console.print(
+                f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True
+            )
         sys.exit(1)
     except OSError as exc:
         # Unwritable outputs, full disks, vanished files: the environment, not the command line.
@@ -140,6 +143,9 @@ def _register() -> None:
     from lamost_rrnet.cli import predict
 
     app.command("predict")(predict.predict_command)
+    from lamost_rrnet.cli import merge
+
+    app.command("merge")(merge.merge_command)
     from lamost_rrnet.cli import evaluate
 
     app.command("evaluate")(evaluate.evaluate_command)

@@ -1,0 +1,47 @@
+"""``lamost-rrnet merge``: finished catalogues (the shards of a run) in, one catalogue out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from lamost_rrnet.cli.common import info, options
+
+
+def merge_command(
+    ctx: typer.Context,
+    parts: list[Path] = typer.Argument(
+        ...,
+        exists=True,
+        metavar="PARTS",
+        help="Catalogues (.fits, .parquet) or directories of them (their *.fits, *.parquet).",
+    ),
+    output: str = typer.Option(
+        ..., "-o", "--output", help="The merged catalogue: .fits, .csv or .parquet."
+    ),
+    shards: int | None = typer.Option(
+        None,
+        "--shards",
+        min=1,
+        help="The run had N shards (predict --shard K/N): refuse unless each is there once.",
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+) -> None:
+    """Merge the finished catalogues of one run (its shards) into one catalogue; refuse mixed
+    models or settings, unfinished parts, repeated rows and, with --shards, missing shards."""
+    from rich.markup import escape
+
+    from lamost_rrnet.catalog import output_format
+    from lamost_rrnet.merge import merge_catalogues
+
+    try:
+        if output == "-":
+            raise ValueError("merge writes an output file, not stdout")
+        output_format(output)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--output") from exc
+    summary = merge_catalogues(
+        parts, output, shards=shards, overwrite=overwrite, progress=not options(ctx).quiet
+    )
+    info(ctx, escape(summary.text()))
