@@ -11,7 +11,6 @@ from lamost_rrnet.errors import (
     RRNetError,
     SpectrumError,
 )
-from lamost_rrnet.merge import merge_catalogues
 from lamost_rrnet.predict import predict_files
 from lamost_rrnet.spectra.io import Arm, MRSFile, Spectrum, read_mrs, write_mrs
 from lamost_rrnet.spectra.preprocess import (
@@ -53,9 +52,10 @@ __all__ = [
     "train_ensemble",
 ]
 
-# The model API needs torch; it is imported on first use so that `lamost-rrnet --help` and
-# the spectrum tools stay fast.
+# The model API needs torch, and merging is a job of its own: each is imported on first use
+# so that `lamost-rrnet --help`, the spectrum tools and a one-file predict start fast.
 _LAZY = {
+    "merge_catalogues": "lamost_rrnet.merge",
     "Ensemble": "lamost_rrnet.ensemble",
     "LabelGroup": "lamost_rrnet.ensemble",
     "Normalization": "lamost_rrnet.ensemble",

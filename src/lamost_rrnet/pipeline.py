@@ -32,7 +32,13 @@ from lamost_rrnet.errors import CoverageError, SpectrumError
 from lamost_rrnet.identity import escape_path, escape_text, input_identity, path_text
 from lamost_rrnet.rv_table import RVTable
 from lamost_rrnet.spectra.io import COADD_BLUE, COADD_RED, MAX_BYTES, read_mrs
-from lamost_rrnet.spectra.preprocess import PreprocessSpec, normalize, outlier_stats, resample
+from lamost_rrnet.spectra.preprocess import (
+    PreprocessSpec,
+    normalize_with_continuum,
+    outlier_stats,
+    resample,
+    resample_ivar,
+)
 
 # Failure statuses: the labels of such a row are NaN (docs/catalogue.md).
 NOT_FOUND = "not_found"
@@ -180,7 +186,7 @@ def _not_regular(path: str) -> str | None:
 
 
 def _file_rows(path: str, job: ReadJob, spec: PreprocessSpec) -> list[tuple[dict, Any]]:
-    """(row, resampled flux or None) for each spectrum of one file."""
+    """(row, :class:`Resampled` or None) for each spectrum of one file."""
     name = os.path.basename(path)
     base = _base_row(path, job)
     try:
@@ -224,20 +230,55 @@ def _file_rows(path: str, job: ReadJob, spec: PreprocessSpec) -> list[tuple[dict
             continue
         row.update(rv=rv_here, rv_source=source)
         try:
-            flux = resample(spectrum, rv_here, spec)
+            done = resample_spectrum(spectrum, rv_here, spec)
         except CoverageError:
             out.append((dict(row, status=NO_COVERAGE), None))
             continue
-        n_out, run = outlier_stats(spectrum, rv_here, spec)
-        out.append((dict(row, n_outliers=n_out, max_run=run), flux))
+        out.append((dict(row, n_outliers=done.n_outliers, max_run=done.max_run), done))
     return out
+
+
+@dataclass
+class Resampled:
+    """A spectrum on the model's grid (steps 1-3), before the continuum normalization."""
+
+    flux: np.ndarray  # float32[n_pixels]
+    ivar: np.ndarray | None  # its inverse variance, raw units, when asked for
+    n_outliers: int
+    max_run: int
+
+
+def resample_spectrum(
+    spectrum, rv: float, spec: PreprocessSpec, *, with_ivar: bool = False
+) -> Resampled:
+    """Outlier statistics and steps 1-3 of one spectrum, as ``predict`` and ``prepare`` take
+    them; CoverageError when the spectrum does not cover the grid."""
+    n_outliers, max_run = outlier_stats(spectrum, rv, spec)
+    flux = resample(spectrum, rv, spec)
+    ivar = resample_ivar(spectrum, rv, spec) if with_ivar else None
+    return Resampled(flux, ivar, n_outliers, max_run)
+
+
+def normalize_chunk(
+    items: Sequence[Resampled], spec: PreprocessSpec
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Step 4 for a chunk in one batch: normalized flux float32[k, n_pixels], the inverse
+    variance in its units (None unless the items carry one), and which rows are finite."""
+    with np.errstate(all="ignore"):
+        flux, continuum = normalize_with_continuum(np.stack([r.flux for r in items]), spec)
+        ivar = None
+        if items[0].ivar is not None:
+            # Dividing the flux by the continuum divides its σ too.
+            ivar = np.stack([r.ivar for r in items]) * continuum**2
+            ivar = np.where(np.isfinite(ivar), ivar, 0.0).astype(np.float32)
+    return flux, ivar, np.isfinite(flux).all(axis=1)
 
 
 def prepare_chunk(paths: Sequence[str], job: ReadJob) -> Rows:
     """Read, resample and normalize the spectra of a few files: the first half of the pipeline."""
     spec = PreprocessSpec.from_dict(job.spec)
     rows = Rows()
-    resampled: list[np.ndarray] = []
+    resampled: list[Resampled] = []
     resampled_rows: list[int] = []
     for path in paths:
         why = _not_regular(path)
@@ -250,16 +291,14 @@ def prepare_chunk(paths: Sequence[str], job: ReadJob) -> Rows:
         except Exception as exc:  # one pathological file must not end a run over millions
             rows.errors.append(f"{path_text(path)}: {type(exc).__name__}: {exc}")
             items = [(dict(_base_row(path, job), status=ERROR), None)]
-        for row, flux in items:
-            if flux is not None:
+        for row, done in items:
+            if done is not None:
                 resampled_rows.append(len(rows))
-                resampled.append(flux)
+                resampled.append(done)
             for key, values in rows.meta.items():
                 values.append(row[key])
     if resampled:
-        with np.errstate(all="ignore"):
-            normalized = normalize(np.stack(resampled), spec)
-        finite = np.isfinite(normalized).all(axis=1)
+        normalized, _, finite = normalize_chunk(resampled, spec)
         index = np.asarray(resampled_rows)
         for i in index[~finite]:
             rows.meta["status"][i] = NONFINITE

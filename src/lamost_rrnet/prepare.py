@@ -28,16 +28,10 @@ from lamost_rrnet.dataset import DatasetWriter
 from lamost_rrnet.errors import CatalogueError, OutputExistsError, SpectrumError
 from lamost_rrnet.lifeline import exit_with_parent
 from lamost_rrnet.locking import exclusive
+from lamost_rrnet.pipeline import Resampled, normalize_chunk, resample_spectrum
 from lamost_rrnet.progress import make_progress
 from lamost_rrnet.spectra.io import MAX_BYTES, Spectrum, read_mrs
-from lamost_rrnet.spectra.preprocess import (
-    RRNET2022,
-    PreprocessSpec,
-    normalize_with_continuum,
-    outlier_stats,
-    resample_ivar,
-)
-from lamost_rrnet.spectra.preprocess import resample as resample_spectrum
+from lamost_rrnet.spectra.preprocess import RRNET2022, PreprocessSpec
 
 REFERENCE_REQUIRED = (
     "obsid",
@@ -134,7 +128,9 @@ def process_rows(
     thresholds: Thresholds = Thresholds(),
 ) -> ChunkResult:
     """Read, check and preprocess a chunk of rows (runs in a worker process)."""
-    kept, resampled, ivars, rvs, sources, n_out, runs = [], [], [], [], [], [], []
+    kept: list[int] = []
+    resampled: list[Resampled] = []
+    rvs, sources = [], []
     rejects: list[tuple[int, str, int | None, int | None]] = []
     for task in tasks:
         stats: tuple[int, int] | None = None
@@ -150,7 +146,8 @@ def process_rows(
                 rv, source = task.rv, "catalogue"
             else:
                 rv, source = _estimate_rv(spectrum), "ccf"
-            stats = outlier_stats(spectrum, rv, spec)
+            done = resample_spectrum(spectrum, rv, spec, with_ivar=True)
+            stats = (done.n_outliers, done.max_run)
             if stats[0] > thresholds.max_outliers:
                 raise SpectrumError(
                     f"{stats[0]} outlier pixels (more than {thresholds.max_outliers})"
@@ -159,8 +156,6 @@ def process_rows(
                 raise SpectrumError(
                     f"{stats[1]} outlier pixels in a row (more than {thresholds.max_outlier_run})"
                 )
-            flux = resample_spectrum(spectrum, rv, spec)
-            ivar = resample_ivar(spectrum, rv, spec)
         except SpectrumError as exc:
             rejects.append((task.index, str(exc), *(stats or (None, None))))
             continue
@@ -169,21 +164,16 @@ def process_rows(
             rejects.append((task.index, reason, *(stats or (None, None))))
             continue
         kept.append(task.index)
-        resampled.append(flux)
-        ivars.append(ivar)
+        resampled.append(done)
         rvs.append(rv)
         sources.append(source)
-        n_out.append(stats[0])
-        runs.append(stats[1])
     if resampled:
-        flux, continuum = normalize_with_continuum(np.stack(resampled), spec)
-        with np.errstate(invalid="ignore", over="ignore"):
-            # Dividing the flux by the continuum divides its σ too.
-            ivar = np.stack(ivars) * continuum**2
-        ivar = np.where(np.isfinite(ivar), ivar, 0.0)
+        flux, ivar, finite = normalize_chunk(resampled, spec)
     else:
         flux = ivar = np.empty((0, spec.n_pixels))
-    finite = np.isfinite(flux).all(axis=1)
+        finite = np.zeros(0, bool)
+    n_out = [r.n_outliers for r in resampled]
+    runs = [r.max_run for r in resampled]
     for i in np.flatnonzero(~finite):
         reason = "continuum normalization failed (flat, zero or non-finite flux)"
         rejects.append((kept[i], reason, n_out[i], runs[i]))
