@@ -23,7 +23,7 @@ from lamost_rrnet.catalog import catalogue_columns, journal_dir
 from lamost_rrnet.errors import CatalogueError, OutputExistsError, RRNetError
 from lamost_rrnet.inputs import iter_input_paths
 from lamost_rrnet.labels import PAPER_GROUPS, PUBLISHED_ORDER
-from lamost_rrnet.predict import default_workers, predict_files
+from lamost_rrnet.predict import CHUNK_FILES, default_workers, predict_files
 from lamost_rrnet.rv_table import load_rv_table
 from lamost_rrnet.spectra.io import Arm, write_mrs
 
@@ -475,7 +475,7 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(run_cli, model_dir, s
     """Kill a run with SIGKILL once it has written chunks; --resume completes it exactly."""
     inputs = tmp_path / "in"
     inputs.mkdir()
-    names = [f"s{i:03d}.fits.gz" for i in range(60)]
+    names = [f"s{i:03d}.fits.gz" for i in range(4 * CHUNK_FILES)]  # four chunks
     for name in names:
         (inputs / name).symlink_to(spectra / "sub" / "b-2.fits.gz")
     out = tmp_path / "cat.fits"
