@@ -381,8 +381,12 @@ class Ensemble(Calibrated):
                 if fname not in hashes:
                     raise ModelError(f"{manifest_path}: no sha256 for member {fname}")
                 try:
-                    member = create_model(arch["name"], len(entry["labels"]), **arch["kwargs"])
-                    member.load_state_dict(load_file(directory / fname), strict=True)
+                    # Built on the meta device, then given the stored tensors: no random
+                    # initialization to throw away (0.6 s of a one-file predict).
+                    with torch.device("meta"):
+                        member = create_model(arch["name"], len(entry["labels"]), **arch["kwargs"])
+                    state = load_file(directory / fname)
+                    member.load_state_dict(state, strict=True, assign=True)
                 except (ValueError, TypeError, RuntimeError, SafetensorError) as exc:
                     raise ModelError(
                         f"{directory / fname}: cannot load this member: {load_problem(exc)}"
