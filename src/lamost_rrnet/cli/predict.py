@@ -62,6 +62,12 @@ def predict_command(
         ),
         show_default=False,
     ),
+    dask: str | None = typer.Option(
+        None,
+        "--dask",
+        metavar="ADDRESS",
+        help="Run on Dask: tcp://scheduler:8786, or local[:N] for N local worker processes.",
+    ),
     exposures: bool = typer.Option(
         False, "--exposures", help="One row per single exposure instead of per coadd."
     ),
@@ -118,5 +124,6 @@ def predict_command(
         threads=opts.threads,
         raw_sigma=raw_sigma,
         max_file_bytes=int(max_file_mb * 2**20),
+        dask=dask,
     )
     info(ctx, summary.text())
