@@ -219,15 +219,16 @@ class DaskExecutor:
 
         from distributed import KilledWorker
 
-        try:
-            exc = future.exception()
-        except CancelledError as cancelled:
-            raise RRNetError(
-                f"the Dask scheduler dropped a task ({cancelled}): what is written so far is "
-                "kept; continue with --resume"
-            ) from cancelled
+        exc = future.exception()  # once the task ends: None if it ran, or was cancelled
         if exc is None:
-            yield future.result()
+            try:
+                chunk = future.result()
+            except CancelledError as cancelled:  # the scheduler, or the connection to it, went
+                raise RRNetError(
+                    f"the Dask scheduler dropped a task ({cancelled}): what is written so far "
+                    "is kept; continue with --resume"
+                ) from cancelled
+            yield chunk
         elif isinstance(exc, KilledWorker) and len(paths) > 1:
             # One at a time: a file rerun beside others could be blamed for their deaths.
             for path in paths:
