@@ -265,7 +265,8 @@ def predict_files(
     decompressed becomes a row with status ``too_large``.
 
     Where it runs: ``dask`` is a dask.distributed scheduler address, or ``local[:N]`` for a
-    local cluster of N worker processes (:mod:`lamost_rrnet.dask_executor`). Otherwise
+    local cluster of N worker processes (:mod:`lamost_rrnet.dask_executor`), each running the
+    model on ``device`` where it has one (CUDA falls back to its CPU). Otherwise
     ``workers`` processes run here (default :func:`default_workers`; 0: all in this process,
     as for runs of fewer than :data:`SMALL_RUN` inputs), each with ``worker_threads`` threads.
     ``layout`` is ``"workers"`` (each worker runs the whole pipeline: the default on a CPU) or
@@ -285,6 +286,8 @@ def predict_files(
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     if isinstance(shard, str):
         shard = Shard.parse(shard)
+    if dask is not None and (workers is not None or layout is not None):
+        raise UsageError("--dask runs on the cluster's workers: --workers is for a local run")
     to_stdout = output is not None and str(output) == "-"
     if output is not None:
         fmt = output_format(output)
@@ -305,7 +308,9 @@ def predict_files(
             where = ", ".join(paths + ([os.fspath(list_file)] if list_file else [])) or "nothing"
             raise RRNetError(f"no input files: none found in {where}")
 
-        ensemble = _load_model(model, device, progress)
+        # With Dask the workers run the model, each on its device; here it only gives the
+        # catalogue's columns and header, on the CPU (the client may have no GPU).
+        ensemble = _load_model(model, "cpu" if dask is not None else device, progress)
         on_cpu = ensemble.device.type == "cpu"
         layout = layout or (WORKERS_PREDICT if on_cpu else FEEDER)
         if workers is None:
@@ -334,14 +339,6 @@ def predict_files(
                 "sigma": sigma,
                 "shard": None if shard is None else f"{shard.index}/{shard.count}",
             }
-            writer = _Writer(
-                output,
-                runner.schema,
-                run,
-                resume=resume,
-                overwrite=overwrite,
-                batch_rows=batch_size,
-            )
 
             def in_shard(block: list[str]) -> list[str]:
                 if shard is None:
@@ -385,7 +382,7 @@ def predict_files(
             )
             predictor = Predictor(
                 model if dask is not None and isinstance(model, (str, os.PathLike)) else ensemble,
-                "cpu" if on_cpu else str(ensemble.device),
+                device if dask is not None else "cpu" if on_cpu else str(ensemble.device),
                 batch_size,
                 raw_sigma,
                 flag_rule,
@@ -398,6 +395,16 @@ def predict_files(
             else:
                 executor = LocalExecutor(job, predictor, runner, workers, layout)
             try:
+                # After the executor: a cluster that cannot start or be reached leaves no
+                # journal that the next run would have to --resume.
+                writer = _Writer(
+                    output,
+                    runner.schema,
+                    run,
+                    resume=resume,
+                    overwrite=overwrite,
+                    batch_rows=batch_size,
+                )
                 # One BLAS thread: the batched normalization's small products are 3x dearer in
                 # CPU time with two (idle OpenBLAS threads spin), and slower in wall time too.
                 with bar, torch_threads(threads), threadpool_limits(1, user_api="blas"):

@@ -63,6 +63,12 @@ def predict_command(
         ),
         show_default=False,
     ),
+    dask: str | None = typer.Option(
+        None,
+        "--dask",
+        metavar="ADDRESS",
+        help="Run on Dask: tcp://scheduler:8786, or local[:N] for N local worker processes.",
+    ),
     exposures: bool = typer.Option(
         False, "--exposures", help="One row per single exposure instead of per coadd."
     ),
@@ -133,5 +139,6 @@ def predict_command(
         raw_sigma=raw_sigma,
         max_file_bytes=int(max_file_mb * 2**20),
         shard=shard,
+        dask=dask,
     )
     info(ctx, summary.text())
