@@ -130,9 +130,14 @@ class DaskExecutor:
         self._count = 0
         self._limit, self._limit_at = 2, float("-inf")
         if is_local(address):
-            failures = {"distributed.scheduler.allowed-failures": LOCAL_ALLOWED_FAILURES}
+            settings = {
+                "distributed.scheduler.allowed-failures": LOCAL_ALLOWED_FAILURES,
+                # The workers' statistical profiler walks the task's stack every 10 ms: it took
+                # 5-10 ms of CPU per spectrum (about 40 % more) in benchmarks/bench_dask.py.
+                "distributed.worker.profile.enabled": False,
+            }
             try:
-                with dask.config.set(failures):
+                with dask.config.set(settings):
                     self.cluster = LocalCluster(
                         n_workers=local_workers(address),
                         threads_per_worker=1,
