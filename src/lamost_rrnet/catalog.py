@@ -41,7 +41,7 @@ META_COLUMNS = (
     "snr_blue",
     "snr_red",
 )
-EXTRA_COLUMNS = ("rv", "rv_source", "status", "model", "path")
+#: A row's identity: its input and the arms it was read from (resume, merge).
 KEY_COLUMNS = ("path", "extname_blue", "extname_red")
 FORMATS = {".fits": "fits", ".fit": "fits", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 JOURNAL_SUFFIX = ".journal"

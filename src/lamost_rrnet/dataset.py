@@ -47,8 +47,9 @@ from lamost_rrnet.spectra.preprocess import RRNET2022, PreprocessSpec
 
 SPLITS = ("train", "valid", "test")
 STRING_COLUMNS = ("filename", "extname_blue", "extname_red", "star_id", "rv_source", "split")
-#: The resume key of a row, as for the catalogue.
-KEY_COLUMNS = ("filename", "extname_blue", "extname_red")
+#: A dataset row's resume key: the reference table's file and arms (a catalogue's row is
+#: keyed by its input's path instead: catalog.KEY_COLUMNS).
+ROW_KEY = ("filename", "extname_blue", "extname_red")
 # 8 rows are 230 kB: a random row costs little more than itself, a batch stays in the cache.
 CHUNK_ROWS = 8
 _CACHE_BYTES = 64 * 2**20
@@ -387,11 +388,11 @@ class DatasetWriter:
         keys: set[tuple[str, str, str]] = set()
         if self._base_n:
             with h5py.File(self.work / _BASE, "r") as f:
-                cols = [f["meta"][k].asstr()[:] for k in KEY_COLUMNS]
+                cols = [f["meta"][k].asstr()[:] for k in ROW_KEY]
             keys.update(zip(*cols, strict=True))
         for part in self._parts:
-            arrays = _load_part(part, [f"meta/{k}" for k in KEY_COLUMNS])
-            cols = [arrays[f"meta/{k}"].tolist() for k in KEY_COLUMNS]
+            arrays = _load_part(part, [f"meta/{k}" for k in ROW_KEY])
+            cols = [arrays[f"meta/{k}"].tolist() for k in ROW_KEY]
             keys.update(zip(*cols, strict=True))
         return keys
 
