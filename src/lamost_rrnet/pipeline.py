@@ -86,6 +86,11 @@ class Rows:
     def __len__(self) -> int:
         return len(self.meta["filename"])
 
+    def append(self, row: Mapping[str, Any]) -> None:
+        """Add one row's metadata (a value for every field)."""
+        for key, values in self.meta.items():
+            values.append(row[key])
+
 
 def _ccf(spectrum) -> float | None:
     from lamost_rrnet.spectra.rv import estimate_rv
@@ -295,8 +300,7 @@ def prepare_chunk(paths: Sequence[str], job: ReadJob) -> Rows:
             if done is not None:
                 resampled_rows.append(len(rows))
                 resampled.append(done)
-            for key, values in rows.meta.items():
-                values.append(row[key])
+            rows.append(row)
     if resampled:
         normalized, _, finite = normalize_chunk(resampled, spec)
         index = np.asarray(resampled_rows)
@@ -439,9 +443,7 @@ def failed_rows(paths: Sequence[str], job: ReadJob, status: str, why: str) -> Ro
     for path in paths:
         rows.files += 1
         rows.errors.append(f"{path_text(path)}: {why}")
-        row = dict(_base_row(path, job), status=status)
-        for key, values in rows.meta.items():
-            values.append(row[key])
+        rows.append(dict(_base_row(path, job), status=status))
     return rows
 
 
@@ -464,6 +466,16 @@ class Predictor:
 _RUNNERS: dict[tuple, ModelRunner] = {}
 
 
+def load_ensemble(model: Any, device: str, progress: bool = False):
+    """The ensemble on ``device``: ``model`` itself, or what ``--model`` names (a registry
+    name or a directory, resolved and verified by :func:`lamost_rrnet.hub.load_model`)."""
+    if isinstance(model, (str, os.PathLike)):
+        from lamost_rrnet.hub import load_model
+
+        return load_model(os.fspath(model), device=device, progress=progress)
+    return model.to(device)
+
+
 def worker_runner(predictor: Predictor) -> ModelRunner:
     """This process's runner for ``predictor``: the model is loaded on first use only."""
     model = predictor.model
@@ -475,12 +487,7 @@ def worker_runner(predictor: Predictor) -> ModelRunner:
     )
     runner = _RUNNERS.get(key)
     if runner is None:
-        if isinstance(model, (str, os.PathLike)):
-            from lamost_rrnet.hub import load_model
-
-            ensemble = load_model(os.fspath(model), device=predictor.device, progress=False)
-        else:
-            ensemble = model.to(predictor.device)
+        ensemble = load_ensemble(model, predictor.device)
         runner = ModelRunner(ensemble, predictor.batch_size, predictor.raw_sigma)
         _RUNNERS.clear()  # one model per process: a new run's model replaces the last
         _RUNNERS[key] = runner

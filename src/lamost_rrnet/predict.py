@@ -42,7 +42,7 @@ from lamost_rrnet.executors import FEEDER, WORKERS_PREDICT, LocalExecutor
 from lamost_rrnet.identity import HashSet, escape_text
 from lamost_rrnet.inputs import Shard, chunks, iter_input_paths, select_inputs
 from lamost_rrnet.locking import exclusive
-from lamost_rrnet.pipeline import Chunk, ModelRunner, Predictor, ReadJob
+from lamost_rrnet.pipeline import Chunk, ModelRunner, Predictor, ReadJob, load_ensemble
 from lamost_rrnet.progress import make_progress, stderr_console
 from lamost_rrnet.rv_table import load_rv_table
 from lamost_rrnet.spectra.io import MAX_BYTES
@@ -149,15 +149,6 @@ def _header(
     if shard is not None:
         header.update(shard.header())
     return header
-
-
-def _load_model(model: Any, device: str, progress: bool):
-    """The ensemble on ``device``: ``model`` itself, or what ``--model`` names."""
-    if isinstance(model, (str, os.PathLike)):
-        from lamost_rrnet.hub import load_model
-
-        return load_model(os.fspath(model), device=device, progress=progress)
-    return model.to(device)
 
 
 class _Writer:
@@ -310,7 +301,7 @@ def predict_files(
 
         # With Dask the workers run the model, each on its device; here it only gives the
         # catalogue's columns and header, on the CPU (the client may have no GPU).
-        ensemble = _load_model(model, "cpu" if dask is not None else device, progress)
+        ensemble = load_ensemble(model, "cpu" if dask is not None else device, progress)
         on_cpu = ensemble.device.type == "cpu"
         layout = layout or (WORKERS_PREDICT if on_cpu else FEEDER)
         if workers is None:
