@@ -30,7 +30,7 @@ from lamost_rrnet.dask_executor import DaskExecutor
 from lamost_rrnet.errors import ModelError, RRNetError
 from lamost_rrnet.pipeline import ModelRunner, Predictor, ReadJob
 from lamost_rrnet.predict import predict_files
-from test_predict import _read, _zombie, write_file
+from test_predict import _read, _zombie, assert_same_catalogue, write_file
 
 dask = pytest.importorskip("dask", reason="dask is not installed (the dask extra)")
 distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed")
@@ -96,26 +96,6 @@ def local_catalogue(inputs, model_dir) -> Table:
 def small_chunks(monkeypatch):
     """Chunks of 3 files: a few tasks per worker from a dozen files."""
     monkeypatch.setattr("lamost_rrnet.predict.CHUNK_FILES", 3)
-
-
-def assert_same_catalogue(a: Table, b: Table, ensemble) -> None:
-    """Same rows; text and integers equal; labels and σ within 1e-3 of each label's std."""
-    keys = ["path", "extname_blue", "extname_red"]
-    a, b = a.copy(), b.copy()
-    a.sort(keys)
-    b.sort(keys)
-    assert a.colnames == b.colnames and len(a) == len(b)
-    norm = ensemble.normalization
-    std = dict(zip(norm.label_names, np.asarray(norm.label_std), strict=True))
-    for name in a.colnames:
-        x, y = np.asarray(a[name]), np.asarray(b[name])
-        label = name.removesuffix("_err")
-        if label in std:
-            assert np.allclose(x, y, rtol=0, atol=1e-3 * std[label], equal_nan=True), name
-        elif x.dtype.kind == "f":
-            assert np.allclose(x, y, rtol=1e-6, equal_nan=True), name
-        else:
-            assert np.array_equal(x, y), name
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,16 +14,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from astropy.io import fits
-from astropy.table import Table
 
 from lamost_rrnet.catalog import catalogue_info, recorded_run
 from lamost_rrnet.errors import OutputExistsError, UsageError
 from lamost_rrnet.inputs import Shard, shard_hashes
 from lamost_rrnet.merge import merge_catalogues
 from lamost_rrnet.predict import predict_files
-from test_predict import _read, tiny_ensemble, write_file
-
-KEY = ("path", "extname_blue", "extname_red")
+from test_predict import _read, assert_same_catalogue, tiny_ensemble, write_file
 
 
 @pytest.fixture(scope="module")
@@ -45,30 +42,6 @@ def inputs(tmp_path_factory) -> Path:
         source = sources[i % 3]
         (root / "in" / f"s{i:02d}{''.join(source.suffixes)}").symlink_to(source)
     return root / "in"
-
-
-def _rows(table: Table) -> Table:
-    table = Table(table, copy=True)
-    table.sort(list(KEY))
-    return table
-
-
-def _same_rows(a: Table, b: Table, label_std: np.ndarray) -> None:
-    a, b = _rows(a), _rows(b)
-    assert len(a) == len(b)
-    stds = dict(zip(label_std[0], label_std[1], strict=True))
-    for name in a.colnames:
-        if a[name].dtype.kind == "f":
-            label = name.removesuffix("_err")
-            tol = 1e-3 * stds[label] if label in stds else 1e-6
-            assert np.allclose(a[name], b[name], atol=tol, rtol=0, equal_nan=True), name
-        else:
-            assert np.array_equal(a[name], b[name]), name
-
-
-def _label_std(ensemble) -> tuple[list[str], np.ndarray]:
-    norm = ensemble.normalization
-    return list(norm.label_names), np.asarray(norm.label_std)
 
 
 def test_the_hash_is_blake2b_64_of_the_identity_and_the_same_in_every_process():
@@ -114,7 +87,7 @@ def test_three_parts_merged_are_the_unsharded_catalogue(ensemble, inputs, tmp_pa
     assert all(paths)  # with 12 inputs, no shard of three is empty here
     merged = tmp_path / "merged.fits"
     merge_catalogues([tmp_path / "parts"], merged, shards=3)
-    _same_rows(_read(merged), _read(whole), _label_std(ensemble))
+    assert_same_catalogue(_read(merged), _read(whole), ensemble)
     want, got = fits.getheader(whole, 0), fits.getheader(merged, 0)
     ignore = {"DATE", "SHARDALG", "SHARD", "NSHARDS", "NMERGED"}
     assert {k: want[k] for k in want if k not in ignore} == {
