@@ -5,6 +5,7 @@ precedence, and (slow) the small-scale acceptance run on simulated spectra."""
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -247,11 +248,11 @@ def test_normalization_comes_from_the_training_split_only(cli_model, dataset):
         assert norm["label_mean"][0] != pytest.approx(everything[:, 0].mean(), rel=1e-6)
 
 
-def test_best_validation_weights_are_kept(tmp_path, dataset, monkeypatch):
-    """Scripted validation losses 1.0, 0.5, 0.9: the model keeps epoch 2's weights."""
+def script_validation_losses(monkeypatch, losses) -> None:
+    """Make each epoch's validation loss the next of ``losses`` (the errors stay real)."""
     from lamost_rrnet.training.members import Shard
 
-    script = iter([1.0, 0.5, 0.9])
+    script = iter(losses)
     validate = Shard._validate
 
     def scripted(self, recipe, flux, split):
@@ -259,13 +260,25 @@ def test_best_validation_weights_are_kept(tmp_path, dataset, monkeypatch):
         return torch.full_like(loss, next(script)), abs_err
 
     monkeypatch.setattr(Shard, "_validate", scripted)
-    out = tmp_path / "m"
+
+
+def checkpointed_params(out) -> tuple[dict, Callable[..., None]]:
+    """A ``callback`` for :func:`tiny_run` that keeps the first SP member's parameters of each
+    epoch's checkpoint under ``out``, and the dict it fills."""
     params = {}
 
     def grab(epoch, rows):
         state = torch.load(out / "checkpoint.pt", weights_only=True)
         params[epoch] = state["members"]["SP"][0]["params"]
 
+    return params, grab
+
+
+def test_best_validation_weights_are_kept(tmp_path, dataset, monkeypatch):
+    """Scripted validation losses 1.0, 0.5, 0.9: the model keeps epoch 2's weights."""
+    script_validation_losses(monkeypatch, [1.0, 0.5, 0.9])
+    out = tmp_path / "m"
+    params, grab = checkpointed_params(out)
     ensemble = tiny_run(
         dataset, out, members=1, epochs=3, groups={"SP": ["Teff[K]"]}, callback=grab
     )

@@ -17,7 +17,13 @@ from lamost_rrnet.training.augment import BatchAugmenter, PixelNoise, pixel_sigm
 from lamost_rrnet.training.data import load_training_data
 from lamost_rrnet.training.groups import GroupSpec
 from lamost_rrnet.training.members import RECIPES, Recipe, Shard
-from test_training import TINY, simulated, tiny_run
+from test_training import (
+    TINY,
+    checkpointed_params,
+    script_validation_losses,
+    simulated,
+    tiny_run,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 P = RRNET2022.n_pixels
@@ -141,21 +147,9 @@ def test_early_stopping_keeps_the_best_checkpoint(tmp_path, sim_with_ivar, monke
     """Scripted validation losses 1.0, 0.5, 0.9, 0.8, ... with patience 2: stops after epoch 4
     and the model holds epoch 2's weights."""
     path, _, _ = sim_with_ivar
-    script = iter([1.0, 0.5, 0.9, 0.8, 0.7, 0.6])
-    validate = Shard._validate
-
-    def scripted(self, recipe, flux, split):
-        loss, abs_err = validate(self, recipe, flux, split)
-        return torch.full_like(loss, next(script)), abs_err
-
-    monkeypatch.setattr(Shard, "_validate", scripted)
+    script_validation_losses(monkeypatch, [1.0, 0.5, 0.9, 0.8, 0.7, 0.6])
     out = tmp_path / "m"
-    params = {}
-
-    def grab(epoch, rows):
-        state = torch.load(out / "checkpoint.pt", weights_only=True)
-        params[epoch] = state["members"]["SP"][0]["params"]
-
+    params, grab = checkpointed_params(out)
     recipe = dataclasses.replace(RECIPES["default"], patience=2)
     ensemble = tiny_run(
         path, out, members=1, epochs=6, groups={"SP": ["Teff[K]"]}, callback=grab, recipe=recipe
