@@ -23,9 +23,10 @@ from helpers_published import (
 from lamost_rrnet.devices import select_device
 from lamost_rrnet.ensemble import Ensemble, LabelGroup, Normalization
 from lamost_rrnet.errors import ModelError
-from lamost_rrnet.hub import load_label_config, load_model, published_runs
 from lamost_rrnet.labels import PAPER_GROUPS, PUBLISHED_ORDER
+from lamost_rrnet.model_resolution import load_model
 from lamost_rrnet.models import create_model
+from lamost_rrnet.published_layout import load_label_config, published_runs
 from lamost_rrnet.spectra.preprocess import PreprocessSpec
 
 GROUP_LABELS = {"A": ["Teff[K]", "Logg"], "B": ["FeH", "MgH", "CuH"]}
@@ -204,13 +205,13 @@ def test_model_directory_refuses_changed_or_missing_files(tmp_path):
     data[-1] ^= 1
     member.write_bytes(bytes(data))
     with pytest.raises(ModelError, match=r"B1.safetensors: sha256 differs"):
-        Ensemble.from_directory(tmp_path / "m")
+        Ensemble.load(tmp_path / "m", device="cpu")
     member.unlink()
     with pytest.raises(ModelError, match=r"B1.safetensors: missing"):
-        Ensemble.from_directory(tmp_path / "m")
+        Ensemble.load(tmp_path / "m", device="cpu")
     (tmp_path / "m" / "model.yaml").write_text("name: x\n")
     with pytest.raises(ModelError, match="not a lamost-rrnet model manifest"):
-        Ensemble.from_directory(tmp_path / "m")
+        Ensemble.load(tmp_path / "m", device="cpu")
 
 
 def test_inconsistent_ensembles_are_refused():
@@ -330,6 +331,8 @@ def test_not_a_model(tmp_path):
     with pytest.raises(ModelError, match="neither a model directory"):
         load_model(tmp_path)
     with pytest.raises(ModelError, match="unknown model 'rrnet1999'"):
+        load_model("rrnet1999")
+    with pytest.raises(ModelError, match=r"rrnet1999: not a model directory.*load_model"):
         Ensemble.load("rrnet1999")
     (tmp_path / "f.txt").write_text("x")
     with pytest.raises(ModelError, match="not a file"):
@@ -350,7 +353,7 @@ def test_published_layout_saves_as_our_directory(published, tmp_path):
         published.provenance,
     )
     subset.save(tmp_path / "ours")
-    back = Ensemble.from_directory(tmp_path / "ours")
+    back = Ensemble.load(tmp_path / "ours", device="cpu")
     assert back.label_ranges == published.label_ranges
     assert back.architecture == published.architecture
     assert back.provenance == published.provenance

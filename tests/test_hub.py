@@ -17,10 +17,14 @@ import numpy as np
 import pytest
 
 from helpers_published import MODEL_DIR, write_fake_published
-from lamost_rrnet import hub
-from lamost_rrnet.ensemble import Ensemble, sha256_file
+from lamost_rrnet import download, hub
+from lamost_rrnet.download import fetch
+from lamost_rrnet.ensemble import Ensemble
 from lamost_rrnet.errors import ModelError
-from lamost_rrnet.hub import fetch, git_blob_sha1, load_label_config, load_model, verify
+from lamost_rrnet.hashing import git_blob_sha1, sha256_file
+from lamost_rrnet.hub import verify
+from lamost_rrnet.model_resolution import load_model, load_registered
+from lamost_rrnet.published_layout import load_label_config
 
 REAL_LABEL_CONFIG_SHA1 = "6ab54bb50d1c5a9741ca765a782b0b0c7df7f4b3"
 
@@ -94,7 +98,7 @@ def isolated(tmp_path, monkeypatch):
     """A private cache and registry file, and no waiting between retries."""
     monkeypatch.setenv("LAMOST_RRNET_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv(hub.REGISTRY_ENV, str(tmp_path / "registry.json"))
-    monkeypatch.setattr(hub, "RETRY_WAIT", 0.0)
+    monkeypatch.setattr(download, "RETRY_WAIT", 0.0)
     (tmp_path / "registry.json").write_text("{}")
     return tmp_path
 
@@ -264,7 +268,7 @@ def test_registry_name_to_our_model_directory(server, isolated):
         for p in sorted((server.root / "tiny").iterdir())
     ]
     register(isolated, "tiny", files, layout="lamost-rrnet")
-    got = Ensemble.from_name("tiny", device="cpu")
+    got = load_registered("tiny", device="cpu")
     flux = spectra(2)
     for a, b in zip(got.predict(flux), ens.predict(flux), strict=True):
         assert np.array_equal(a, b)
@@ -392,7 +396,7 @@ def test_cli_models(run_cli, shared_dir, server, isolated):
 def test_registry_entry_names_that_are_not_plain_are_refused(isolated, run_cli, name):
     register(isolated, name, [{"path": "f", "url": "http://127.0.0.1:9/f", "hash": "sha256:0"}])
     with pytest.raises(ModelError, match=r"registry.json: not a valid model registry \(entry name"):
-        hub.registry()
+        hub.downloadable_models()
     code, out, err = run_cli("models", "list")
     assert code == 1 and out == ""
     assert len(err.strip().splitlines()) == 1 and "is not a plain name" in err
@@ -402,7 +406,7 @@ def test_registry_entry_names_that_are_not_plain_are_refused(isolated, run_cli, 
 def test_registry_file_paths_outside_the_model_directory_are_refused(isolated, path):
     register(isolated, "m", [{"path": path, "url": "http://127.0.0.1:9/f", "hash": "sha256:0"}])
     with pytest.raises(ModelError, match="leaves the model directory"):
-        hub.registry()
+        hub.downloadable_models()
 
 
 @pytest.mark.parametrize("outside", ["../A0.safetensors", "/tmp/A0.safetensors"])
@@ -422,7 +426,7 @@ def test_model_yaml_file_names_outside_the_directory_are_refused(tmp_path, outsi
     manifest["sha256"][outside] = "0" * 64
     manifest_path.write_text(yaml.safe_dump(manifest))
     with pytest.raises(ModelError, match=r"model.yaml: file name .* is outside the model dir"):
-        Ensemble.from_directory(tmp_path / "m")
+        Ensemble.load(tmp_path / "m", device="cpu")
 
 
 def test_a_registered_name_wins_over_a_folder_of_that_name(server, isolated, monkeypatch):
@@ -448,12 +452,12 @@ def test_a_registered_name_wins_over_a_folder_of_that_name(server, isolated, mon
         )
 
     assert predicts_like(load_model("tiny", device="cpu", progress=False), published)
-    folder = Ensemble.from_directory(work / "tiny")
+    folder = Ensemble.load(work / "tiny", device="cpu")
     assert predicts_like(load_model("./tiny", device="cpu"), folder)
     assert predicts_like(load_model(str(work / "tiny"), device="cpu"), folder)
     assert not predicts_like(folder, published)
     # a bare name that is not registered but is a directory here is that directory
-    assert predicts_like(load_model("mine", device="cpu"), Ensemble.from_directory("mine"))
+    assert predicts_like(load_model("mine", device="cpu"), Ensemble.load("mine", device="cpu"))
 
 
 def test_an_unknown_bare_name_lists_the_registered_ones(isolated, run_cli, monkeypatch):
@@ -468,3 +472,34 @@ def test_an_unknown_bare_name_lists_the_registered_ones(isolated, run_cli, monke
     assert code == 1 and out == ""
     assert len(err.strip().splitlines()) == 1
     assert "unknown model 'nonesuch'" in err and "rrnet2022, tiny" in err
+
+
+# -- the names that moved out of the hub, for one release ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("fetch", fetch),
+        ("git_blob_sha1", git_blob_sha1),
+        ("load_label_config", load_label_config),
+        ("load_model", load_model),
+        ("registry", hub.downloadable_models),
+    ],
+)
+def test_the_old_hub_names_still_work_and_warn(old, new):
+    with pytest.warns(DeprecationWarning, match=rf"lamost_rrnet\.hub\.{old} is deprecated"):
+        assert getattr(hub, old) is new
+    with pytest.warns(DeprecationWarning):
+        exec(f"from lamost_rrnet.hub import {old}", {})
+    with pytest.raises(AttributeError):
+        hub.nonesuch  # noqa: B018
+
+
+def test_ensemble_from_directory_still_works_and_warns(tmp_path):
+    from test_ensemble import small_ensemble
+
+    small_ensemble().save(tmp_path / "m")
+    with pytest.warns(DeprecationWarning, match="use Ensemble.load"):
+        ensemble = Ensemble.from_directory(tmp_path / "m")
+    assert ensemble.device.type == "cpu"

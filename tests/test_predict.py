@@ -547,7 +547,7 @@ def test_reproduces_the_published_pipeline_by_hand(shared_dir, real_spectra, tmp
         seeded_state_dict,
         write_fake_published,
     )
-    from lamost_rrnet.hub import load_label_config
+    from lamost_rrnet.published_layout import load_label_config
     from lamost_rrnet.spectra.io import read_mrs
     from lamost_rrnet.spectra.preprocess import normalize_reference, resample
 

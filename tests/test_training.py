@@ -197,7 +197,7 @@ def test_cli_writes_a_model_directory_that_loads_and_predicts(cli_model, dataset
 
 
 def test_cli_model_loads_by_path_as_predict_and_evaluate_resolve_it(cli_model):
-    from lamost_rrnet.hub import load_model
+    from lamost_rrnet.model_resolution import load_model
 
     model = load_model(str(cli_model), device="cpu")
     assert model.labels == list(PAPER_GROUPS["SP"] + PAPER_GROUPS["CA"])

@@ -59,7 +59,7 @@ _LAZY = {
     "Ensemble": "lamost_rrnet.ensemble",
     "LabelGroup": "lamost_rrnet.ensemble",
     "Normalization": "lamost_rrnet.ensemble",
-    "load_model": "lamost_rrnet.hub",
+    "load_model": "lamost_rrnet.model_resolution",
     "train_ensemble": "lamost_rrnet.training",
 }
 

@@ -237,8 +237,8 @@ def calibrate_model(
     """
     from lamost_rrnet.atomic import atomic_directory
     from lamost_rrnet.errors import OutputExistsError
-    from lamost_rrnet.hub import load_model
     from lamost_rrnet.locking import exclusive
+    from lamost_rrnet.model_resolution import load_model
 
     output = Path(output)
     with exclusive(output):

@@ -16,10 +16,10 @@ Model directory (docs/models.md)::
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,6 +34,7 @@ from torch import nn
 from lamost_rrnet.atomic import atomic_path, atomic_write_bytes
 from lamost_rrnet.calibration import Calibrated, Calibration
 from lamost_rrnet.errors import ModelError
+from lamost_rrnet.hashing import sha256_file
 from lamost_rrnet.paths import stays_inside
 from lamost_rrnet.spectra.preprocess import RRNET2022, PreprocessSpec
 
@@ -45,15 +46,6 @@ FORMAT_VERSION = 2
 #: Fewest spectra per thread worth a shard of their own in :meth:`Ensemble.predict`.
 MIN_SHARD_ROWS = 16
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's content."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _plain(value: Any) -> Any:
@@ -353,10 +345,14 @@ class Ensemble(Calibrated):
         return directory
 
     @classmethod
-    def from_directory(
-        cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu"
+    def load(
+        cls, directory: str | os.PathLike[str], device: str | torch.device = "auto"
     ) -> Ensemble:
-        """Load a model directory written by :meth:`save`, checking every file's sha256."""
+        """Load a model directory written by :meth:`save`, checking every file's sha256.
+
+        A registered name or the published repository's layout is
+        :func:`lamost_rrnet.load_model`'s to resolve.
+        """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -365,6 +361,12 @@ class Ensemble(Calibrated):
 
         directory = Path(directory)
         manifest_path = directory / MODEL_FILE
+        if not manifest_path.is_file():
+            # Ensemble.load once resolved names too: say where that went.
+            raise ModelError(
+                f"{directory}: not a model directory (no {MODEL_FILE}); for a registered name "
+                "or the published layout, use lamost_rrnet.load_model"
+            )
         manifest = _read_manifest(manifest_path)
         hashes = manifest["sha256"]
         for fname, expected in hashes.items():
@@ -414,19 +416,16 @@ class Ensemble(Calibrated):
         return ensemble.to(device)
 
     @classmethod
-    def load(cls, spec: str | os.PathLike[str], device: str | torch.device = "auto") -> Ensemble:
-        """A registry name (``rrnet2022``), our model directory, or a directory in the
-        published repository's layout (see :func:`lamost_rrnet.hub.load_model`)."""
-        from lamost_rrnet.hub import load_model
-
-        return load_model(spec, device=device)
-
-    @classmethod
-    def from_name(cls, name: str, device: str | torch.device = "auto") -> Ensemble:
-        """A model of the registry by name, downloaded into the cache if needed."""
-        from lamost_rrnet.hub import load_registered
-
-        return load_registered(name, device=device)
+    def from_directory(
+        cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu"
+    ) -> Ensemble:
+        """Deprecated: :meth:`load`."""
+        warnings.warn(
+            "Ensemble.from_directory is deprecated: use Ensemble.load",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return cls.load(directory, device=device)
 
 
 def _read_manifest(path: Path) -> dict:

@@ -468,9 +468,10 @@ _RUNNERS: dict[tuple, ModelRunner] = {}
 
 def load_ensemble(model: Any, device: str, progress: bool = False):
     """The ensemble on ``device``: ``model`` itself, or what ``--model`` names (a registry
-    name or a directory, resolved and verified by :func:`lamost_rrnet.hub.load_model`)."""
+    name or a directory, resolved and verified by
+    :func:`lamost_rrnet.model_resolution.load_model`)."""
     if isinstance(model, (str, os.PathLike)):
-        from lamost_rrnet.hub import load_model
+        from lamost_rrnet.model_resolution import load_model
 
         return load_model(os.fspath(model), device=device, progress=progress)
     return model.to(device)

@@ -12,9 +12,9 @@ app = typer.Typer(
 
 
 def _known(name: str) -> str:
-    from lamost_rrnet.hub import registry
+    from lamost_rrnet.hub import downloadable_models
 
-    names = registry()
+    names = downloadable_models()
     if name not in names:
         raise typer.BadParameter(f"{name!r}: known models are {', '.join(names)}")
     return name
@@ -34,10 +34,10 @@ def _size(n: float) -> str:
 @app.command("list")
 def list_command() -> None:
     """Names, download sizes and whether each model is cached, on stdout."""
-    from lamost_rrnet.hub import cached_files, registry
+    from lamost_rrnet.hub import cached_files, downloadable_models
 
     rows = [("NAME", "SIZE", "CACHED", "DESCRIPTION")]
-    for name, entry in registry().items():
+    for name, entry in downloadable_models().items():
         have = cached_files(name)
         cached = "yes" if have == len(entry.files) else f"{have}/{len(entry.files)} files"
         size = f"~{_size(entry.approx_bytes)}" if entry.approx_bytes else "?"
@@ -55,7 +55,8 @@ def list_command() -> None:
 def download_command(ctx: typer.Context, name: str = NAME) -> None:
     """Fetch and verify a model into the cache now (for compute nodes without internet)."""
     from lamost_rrnet.cli.common import info, options
-    from lamost_rrnet.hub import fetch, get_entry
+    from lamost_rrnet.download import fetch
+    from lamost_rrnet.hub import get_entry
 
     root = fetch(name, progress=not options(ctx).quiet)
     info(ctx, f"{name}: {len(get_entry(name).files)} files verified in {root}")

@@ -105,7 +105,7 @@ def load_ensemble(
 ) -> Ensemble:
     """An Ensemble on ``device`` from a registry name, a model directory or an Ensemble;
     any failure to load is a ModelError."""
-    from lamost_rrnet.hub import load_model
+    from lamost_rrnet.model_resolution import load_model
 
     if not isinstance(source, str | os.PathLike):
         return source.to(device)
