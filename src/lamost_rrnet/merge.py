@@ -13,7 +13,7 @@ per kind of problem with up to ten examples, so that one try shows what to fix:
    are found with 8 bytes a row, 16 while the parts' arrays are merged (a Python set of the
    keys would take over 100: docs/performance.md).
 3. The copy: the parts' rows, in bounded batches and in order, through
-   :func:`~lamost_rrnet.catalog.write_catalogue`, which writes atomically.
+   :func:`~lamost_rrnet.catalogue.write_catalogue`, which writes atomically.
 
 Rows are copied, not converted: in FITS and Parquet every value keeps its bits, NaN payloads
 included; CSV keeps the values (every NaN is written ``nan``).
@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lamost_rrnet.catalog import (
+from lamost_rrnet.catalogue import (
     FORMATS,
     JOURNAL_SUFFIX,
     KEY_COLUMNS,

@@ -5,7 +5,7 @@ and, in a sharded run, only when it falls in the shard. They are cut into chunks
 an executor runs :mod:`lamost_rrnet.pipeline` on them: worker processes on this machine
 (:mod:`lamost_rrnet.executors`) or a Dask cluster (:mod:`lamost_rrnet.dask_executor`). This
 module only wires them: it owns the output, whose resumable journal
-(:mod:`lamost_rrnet.catalog`) receives each finished chunk, and the progress bar. At most a
+(:mod:`lamost_rrnet.catalogue`) receives each finished chunk, and the progress bar. At most a
 few chunks are in flight, so memory does not grow with the number of files.
 """
 
@@ -27,7 +27,7 @@ from rich.markup import escape
 from threadpoolctl import threadpool_limits
 
 from lamost_rrnet._version import __version__
-from lamost_rrnet.catalog import (
+from lamost_rrnet.catalogue import (
     CatalogueSchema,
     CsvStream,
     FlagRule,
