@@ -30,6 +30,7 @@ from lamost_rrnet import labels as label_info
 from lamost_rrnet.atomic import atomic_path, remove_stale_temporaries
 from lamost_rrnet.errors import CatalogueError, OutputExistsError
 from lamost_rrnet.identity import escape_path, text_hashes, unescape_path
+from lamost_rrnet.table_io import CATALOGUE_ENDINGS, format_of, set_column_cards
 
 META_COLUMNS = (
     "obsid",
@@ -43,7 +44,6 @@ META_COLUMNS = (
 )
 #: A row's identity: its input and the arms it was read from (resume, merge).
 KEY_COLUMNS = ("path", "extname_blue", "extname_red")
-FORMATS = {".fits": "fits", ".fit": "fits", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 JOURNAL_SUFFIX = ".journal"
 _JOURNAL_VERSION = 2  # 2: rows carry their input's path, the resume key
 _IMPORT_ROWS = 65536
@@ -260,7 +260,7 @@ def output_format(path: str | os.PathLike[str]) -> str:
     """``fits``, ``csv`` or ``parquet`` from the output name; ``-`` is CSV on stdout."""
     if str(path) == "-":
         return "csv"
-    fmt = FORMATS.get(Path(path).suffix.lower())
+    fmt = format_of(path, CATALOGUE_ENDINGS)
     if fmt is None:
         raise ValueError(f"{path}: the output must end in .fits, .csv or .parquet (or be -)")
     return fmt
@@ -307,13 +307,7 @@ def _fits_headers(
     hdr["NAXIS2"] = n_rows
     if hdr["NAXIS1"] != dtype.itemsize:
         raise AssertionError("FITS row layout differs from the record layout")
-    # astropy drops the non-FITS unit "dex" and never writes TCOMM, so both are set by hand.
-    for i, c in enumerate(schema.columns, start=1):
-        after = f"TFORM{i}"
-        if c.unit:
-            hdr.set(f"TUNIT{i}", c.unit, after=after)
-            after = f"TUNIT{i}"
-        hdr.set(f"TCOMM{i}", c.description, after=after)
+    set_column_cards(hdr, [c.unit for c in schema.columns], [c.description for c in schema.columns])
     return _primary_header(header) + hdr.tostring().encode("ascii")
 
 

@@ -34,7 +34,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lamost_rrnet.catalogue import (
-    FORMATS,
     JOURNAL_SUFFIX,
     KEY_COLUMNS,
     SHARD_KEYS,
@@ -55,6 +54,7 @@ from lamost_rrnet.errors import CatalogueError, OutputExistsError
 from lamost_rrnet.identity import contains, text_hashes
 from lamost_rrnet.locking import exclusive
 from lamost_rrnet.progress import make_progress
+from lamost_rrnet.table_io import CATALOGUE_ENDINGS, format_of
 
 MAX_EXAMPLES = 10
 _PART_FORMATS = ("fits", "parquet")  # a CSV catalogue records no header to check
@@ -116,7 +116,7 @@ class _Problems:
 
 
 def _is_part(path: Path) -> bool:
-    return FORMATS.get(path.suffix.lower()) in _PART_FORMATS
+    return format_of(path, CATALOGUE_ENDINGS) in _PART_FORMATS
 
 
 def _find_parts(

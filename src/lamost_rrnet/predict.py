@@ -248,9 +248,9 @@ def predict_files(
     header records it, and :func:`lamost_rrnet.merge_catalogues` joins the parts.
 
     ``model`` is a registry name, a model directory, a published-layout directory, or an
-    ``Ensemble``. RVs come from ``catalogue`` (CSV/FITS/Parquet, joined by obsid or file name,
-    column ``rv_column`` or the first of rv, rv_ku0, rv_br0, rv_lasp0), else from
-    cross-correlation. ``exposures`` gives one row per exposure instead of per coadd. The
+    ``Ensemble``. RVs come from the RV table ``catalogue`` (CSV/FITS/Parquet, joined by obsid
+    or file name, column ``rv_column`` or the first of rv, rv_ku0, rv_br0, rv_lasp0), else
+    from cross-correlation. ``exposures`` gives one row per exposure instead of per coadd. The
     ``_err`` columns hold the model's calibrated σ, or with ``raw_sigma`` the ensemble's own
     σ; the header's SIGMA says which. A file that needs more than ``max_file_bytes``
     decompressed becomes a row with status ``too_large``.
