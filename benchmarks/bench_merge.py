@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lamost_rrnet.catalog import CatalogueSchema, FlagRule, shard_header, write_catalogue
+from lamost_rrnet.catalogue import CatalogueSchema, FlagRule, shard_header, write_catalogue
 from lamost_rrnet.labels import CATALOGUE_LABELS
 
 SCHEMA = CatalogueSchema.for_labels(CATALOGUE_LABELS)
@@ -121,7 +121,7 @@ def _bits(table: pa.Table) -> list[list]:
 
 
 def measure(parts: str, output: str, shards: int) -> dict:
-    from lamost_rrnet.catalog import catalogue_info, read_batches
+    from lamost_rrnet.catalogue import catalogue_info, read_batches
     from lamost_rrnet.merge import merge_catalogues
 
     before = _rss_kib()  # the peak so far: after the imports, before the work

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from lamost_rrnet.catalog import CatalogueSchema
+from lamost_rrnet.catalogue import CatalogueSchema
 from lamost_rrnet.devices import select_device
 from lamost_rrnet.ensemble import Ensemble, LabelGroup, Normalization
 from lamost_rrnet.labels import PAPER_GROUPS

@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from lamost_rrnet.crossmatch import read_catalogue, write_reference
+from lamost_rrnet.crossmatch import write_reference
 from lamost_rrnet.labels import CATALOGUE_LABELS
 from lamost_rrnet.prepare import prepare_dataset
 from lamost_rrnet.spectra.io import read_mrs
 from lamost_rrnet.spectra.preprocess import RRNET2022, normalize_reference, resample
+from lamost_rrnet.table_io import read_table
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "lamost_mrs"
 USABLE = (
@@ -106,7 +107,7 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
     try:
         ref_path = make_inputs(root, args.n)
-        ref = read_catalogue(ref_path)
+        ref = read_table(ref_path)
         baseline, baseline_cpu = published_style(root, ref, args.baseline_n)
         rates, cpu = {}, {}
         for workers in (1, 2):

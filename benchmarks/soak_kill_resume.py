@@ -195,7 +195,7 @@ def prepare_moment(output: Path) -> str:
 
 def predict_moment(output: Path) -> str:
     """What a killed ``predict`` left: how far its journal had gone."""
-    from lamost_rrnet.catalog import journal_dir
+    from lamost_rrnet.catalogue import journal_dir
 
     journal = journal_dir(output)
     if not journal.exists():

@@ -10,7 +10,7 @@ import yaml
 from astropy.io import fits
 
 from lamost_rrnet.calibration import Calibration, calibrate, fit_sigma_scales
-from lamost_rrnet.catalog import journal_dir
+from lamost_rrnet.catalogue import journal_dir
 from lamost_rrnet.dataset import open_dataset, write_dataset
 from lamost_rrnet.ensemble import Ensemble
 from lamost_rrnet.predict import predict_files
@@ -266,7 +266,7 @@ def test_resume_refuses_to_mix_calibrated_and_uncalibrated_outputs(
     assert out.read_bytes() == before and not journal_dir(out).exists()
     # An unfinished run of the calibrated model (killed before assembling its journal) is not
     # continued with the raw σ, nor with the uncalibrated model.
-    from lamost_rrnet.catalog import Journal
+    from lamost_rrnet.catalogue import Journal
 
     def killed(self, output, header):
         raise KeyboardInterrupt

@@ -13,8 +13,9 @@ from astropy.io.votable import from_table
 from astropy.table import Table
 from astroquery.utils.mocks import MockResponse
 
-from lamost_rrnet.crossmatch import Cuts, apply_cuts, crossmatch, read_catalogue
+from lamost_rrnet.crossmatch import Cuts, apply_cuts, crossmatch
 from lamost_rrnet.labels import CATALOGUE_LABELS, ELEMENTS
+from lamost_rrnet.table_io import read_table
 from lamost_rrnet.vizier import map_vizier_columns
 from synth_inputs import write_set
 
@@ -28,7 +29,7 @@ def sim(tmp_path_factory):
 
 
 def _read(path):
-    return read_catalogue(path)
+    return read_table(path)
 
 
 def test_simulated_names_need_no_map(sim, tmp_path, run_cli):

@@ -25,7 +25,7 @@ import pytest
 from astropy.table import Table
 
 import test_predict
-from lamost_rrnet.catalog import journal_dir
+from lamost_rrnet.catalogue import journal_dir
 from lamost_rrnet.dask_executor import DaskExecutor
 from lamost_rrnet.errors import ModelError, RRNetError
 from lamost_rrnet.pipeline import ModelRunner, Predictor, ReadJob

@@ -11,7 +11,7 @@ from astropy.table import Table
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from lamost_rrnet.catalog import CatalogueSchema, read_batches, write_catalogue
+from lamost_rrnet.catalogue import CatalogueSchema, read_batches, write_catalogue
 from lamost_rrnet.identity import (
     HashSet,
     contains,

@@ -9,7 +9,7 @@ import pytest
 from astropy.io import fits
 
 import lamost_rrnet.merge as merge
-from lamost_rrnet.catalog import (
+from lamost_rrnet.catalogue import (
     KEY_COLUMNS,
     CatalogueSchema,
     FlagRule,
@@ -23,7 +23,7 @@ from lamost_rrnet.catalog import (
 from lamost_rrnet.errors import CatalogueError, OutputExistsError
 from lamost_rrnet.identity import escape_path
 from lamost_rrnet.merge import MAX_EXAMPLES, merge_catalogues
-from test_catalog import HEADER, SCHEMA, WIDTHS, _rows
+from test_catalogue import HEADER, SCHEMA, WIDTHS, _rows
 
 # What predict writes, but SHARD*, which a sharded run adds.
 RUN_HEADER = {

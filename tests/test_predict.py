@@ -19,7 +19,7 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from lamost_rrnet.catalog import catalogue_columns, journal_dir
+from lamost_rrnet.catalogue import catalogue_columns, journal_dir
 from lamost_rrnet.errors import CatalogueError, OutputExistsError, RRNetError
 from lamost_rrnet.inputs import iter_input_paths
 from lamost_rrnet.labels import PAPER_GROUPS, PUBLISHED_ORDER
@@ -780,13 +780,13 @@ def test_resume_never_loses_the_rows_of_a_finished_output(ensemble, spectra, mon
     removed after assembly, must leave nothing that a later --resume takes for the whole."""
     import shutil
 
-    import lamost_rrnet.catalog as catalog
+    import lamost_rrnet.catalogue as catalogue
 
     out = tmp_path / "cat.fits"
     kw = {"model": ensemble, "catalogue": spectra / "rv.csv", "output": out, "workers": 0}
     predict_files([spectra], **kw)
-    monkeypatch.setattr(catalog, "_IMPORT_ROWS", 1)
-    append = catalog.Journal.append
+    monkeypatch.setattr(catalogue, "_IMPORT_ROWS", 1)
+    append = catalogue.Journal.append
     calls = []
 
     def killed_on_second(self, table):
@@ -795,10 +795,10 @@ def test_resume_never_loses_the_rows_of_a_finished_output(ensemble, spectra, mon
             raise KeyboardInterrupt  # as SIGKILL would, mid-copy
         append(self, table)
 
-    monkeypatch.setattr(catalog.Journal, "append", killed_on_second)
+    monkeypatch.setattr(catalogue.Journal, "append", killed_on_second)
     with pytest.raises(KeyboardInterrupt):
         predict_files([spectra], resume=True, **kw)
-    monkeypatch.setattr(catalog.Journal, "append", append)
+    monkeypatch.setattr(catalogue.Journal, "append", append)
     new = write_file(tmp_path / "new.fits", 104, 4)
     summary = predict_files([spectra, new], resume=True, **kw)
     assert (summary.skipped_files, summary.rows) == (3, 1)
@@ -816,11 +816,11 @@ def test_resume_never_loses_the_rows_of_a_finished_output(ensemble, spectra, mon
         rmtree(path, *args, **kwargs)
 
     newer = write_file(tmp_path / "newer.fits", 105, 5)
-    monkeypatch.setattr(catalog.shutil, "rmtree", half_removed)
-    monkeypatch.setattr(catalog, "_IMPORT_ROWS", 65536)
+    monkeypatch.setattr(catalogue.shutil, "rmtree", half_removed)
+    monkeypatch.setattr(catalogue, "_IMPORT_ROWS", 65536)
     with pytest.raises(KeyboardInterrupt):
         predict_files([newer], resume=True, batch_size=1, **kw)
-    monkeypatch.setattr(catalog.shutil, "rmtree", rmtree)
+    monkeypatch.setattr(catalogue.shutil, "rmtree", rmtree)
     predict_files([spectra, new, newer], resume=True, **kw)
     assert sorted(_read(out)["obsid"]) == [101, 102, 103, 104, 105]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".cat.fits")] == []
@@ -844,7 +844,7 @@ def test_leftovers_of_a_killed_assembly_are_removed(ensemble, spectra, tmp_path)
 
 
 def test_resume_checks_the_settings_of_a_finished_output(run_cli, ensemble, spectra, tmp_path):
-    from lamost_rrnet.catalog import FlagRule
+    from lamost_rrnet.catalogue import FlagRule
 
     for suffix in (".fits", ".parquet"):
         out = tmp_path / f"cat{suffix}"

@@ -18,11 +18,12 @@ import pytest
 
 import lamost_rrnet
 from lamost_rrnet import prepare as prepare_module
-from lamost_rrnet.crossmatch import crossmatch, read_catalogue, write_reference
+from lamost_rrnet.crossmatch import crossmatch, write_reference
 from lamost_rrnet.dataset import open_dataset, work_dir_for
 from lamost_rrnet.prepare import Thresholds, prepare_dataset
 from lamost_rrnet.spectra.io import read_mrs
 from lamost_rrnet.spectra.preprocess import preprocess, resample, resample_ivar
+from lamost_rrnet.table_io import read_table
 from synth_inputs import write_set
 
 # Row 1: 150 bad pixels (too many); row 2: a run of 40 (too long); row 4: corrupt; row 5: absent.
@@ -178,7 +179,7 @@ def test_worker_processes_give_the_same_dataset(sim, tmp_path):
 
 
 def test_missing_rv_is_estimated(sim, tmp_path, monkeypatch):
-    ref = read_catalogue(sim / "ref.fits")
+    ref = read_table(sim / "ref.fits")
     truth = np.array(ref["rv"])
     ref["rv"][[0, 3]] = np.nan
     write_reference(ref, tmp_path / "ref.fits")
@@ -233,7 +234,7 @@ def test_missing_rv_uses_the_package_estimator(tmp_path, real_spectra):
 def test_gzip_name_mismatch_is_tolerated(sim, tmp_path):
     root = tmp_path / "spectra"
     shutil.copytree(sim / "spectra", root)
-    for name in read_catalogue(sim / "ref.fits")["filename"][6:9]:
+    for name in read_table(sim / "ref.fits")["filename"][6:9]:
         gz = root / name
         gz.with_name(gz.name[:-3]).write_bytes(gzip.decompress(gz.read_bytes()))
         gz.unlink()
@@ -286,7 +287,7 @@ def test_invalid_options(sim, tmp_path, run_cli, args, code):
 
 
 def test_bad_reference_and_existing_output_exit_1(sim, tmp_path, run_cli):
-    ref = read_catalogue(sim / "ref.fits")
+    ref = read_table(sim / "ref.fits")
     ref.remove_column("star_id")
     ref.write(tmp_path / "ref.csv")
     code, _, stderr = run_cli("prepare", tmp_path / "ref.csv", "-o", tmp_path / "d.h5")
@@ -315,7 +316,7 @@ def test_a_rejects_line_cut_short_by_a_kill_is_dropped_on_resume(sim, tmp_path, 
     before = _rejects(partial)
     assert len(before) == 2  # rows 1 and 2, of the first chunk
     # A kill in the middle of writing the next reject row: its first fields, no newline.
-    ref = read_catalogue(sim / "ref.fits")
+    ref = read_table(sim / "ref.fits")
     with open(partial, "a") as f:
         f.write(f"{ref['obsid'][4]},{ref['filename'][4]},COAD")
     monkeypatch.setattr(prepare_module, "process_rows", real)
@@ -480,7 +481,7 @@ def test_a_file_over_max_file_mb_is_rejected(sim, tmp_path, run_cli):
 
     root = tmp_path / "spectra"
     shutil.copytree(sim / "spectra", root)
-    big = str(read_catalogue(sim / "ref.fits")["filename"][0])  # a good row (BAD, above)
+    big = str(read_table(sim / "ref.fits")["filename"][0])  # a good row (BAD, above)
     write_file(root / big, 1, n=200_000)  # 2 arms of 3.2 MB each, under the same name
     out = tmp_path / "d.h5"
     args = ("prepare", sim / "ref.fits", "--spectra-root", root, "-o", out, "--quiet")

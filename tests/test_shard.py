@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from astropy.io import fits
 
-from lamost_rrnet.catalog import catalogue_info, recorded_run
+from lamost_rrnet.catalogue import catalogue_info, recorded_run
 from lamost_rrnet.errors import OutputExistsError, UsageError
 from lamost_rrnet.inputs import Shard, shard_hashes
 from lamost_rrnet.merge import merge_catalogues

@@ -1,7 +1,7 @@
 """lamost-rrnet: RRNet stellar labels from LAMOST medium-resolution spectra."""
 
 from lamost_rrnet._version import __version__
-from lamost_rrnet.catalog import catalogue_columns
+from lamost_rrnet.catalogue import catalogue_columns
 from lamost_rrnet.errors import (
     CatalogueError,
     CoverageError,

@@ -1,12 +1,13 @@
-"""Cross-match a LAMOST MRS catalogue with a label catalogue into the reference table.
+"""Cross-match a LAMOST MRS catalogue with a label source into the reference table.
 
 LAMOST side: a local CSV/FITS/Parquet/ECSV/VOTable file with the default column names of
 docs/architecture.md ("Simulated set"), renamed by ``--column NAME=SOURCE`` or a YAML map.
-Label side: a named VizieR catalogue (:mod:`lamost_rrnet.vizier`) or a local file with the
-names of simulate's ``labels.csv``. Matching is on the sky (nearest within a radius), then the
-quality cuts, each counted. The reference table has one row per spectrum: the LAMOST columns,
-``star_id``, ``separation_arcsec``, ``n_candidates``, the labels and their ``_err``; its
-metadata records the column mapping (``COLMAP``), the label names (``LABELS``) and the source.
+Label side, the label source: a named VizieR catalogue (:mod:`lamost_rrnet.vizier`) or a local
+file with the names of simulate's ``labels.csv``. Matching is on the sky (nearest within a
+radius), then the quality cuts, each counted. The reference table has one row per spectrum:
+the LAMOST columns, ``star_id``, ``separation_arcsec``, ``n_candidates``, the labels and their
+``_err``; its metadata records the column mapping (``COLMAP``), the label names (``LABELS``) and
+the label source.
 """
 
 from __future__ import annotations
@@ -21,39 +22,17 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Column, MaskedColumn, Table
 
-from lamost_rrnet.atomic import atomic_path
+from lamost_rrnet.columns import LAMOST_COLUMNS, RV_COLUMNS
 from lamost_rrnet.errors import CatalogueError, OutputExistsError
 from lamost_rrnet.labels import CATALOGUE_LABELS, description, unit
-from lamost_rrnet.rv_table import RV_COLUMNS
+from lamost_rrnet.table_io import read_table, table_format, write_table
 
-LAMOST_COLUMNS = (
-    "obsid",
-    "filename",
-    "extname_blue",
-    "extname_red",
-    "ra",
-    "dec",
-    "snr_blue",
-    "snr_red",
-    "rv",
-    "lmjd",
-)
 LAMOST_REQUIRED = ("obsid", "filename", "ra", "dec", "snr_blue", "snr_red")
 #: Without extension columns, every row is the coadd pair.
 EXTNAME_DEFAULTS = {"extname_blue": "COADD_B", "extname_red": "COADD_R"}
 LABEL_REQUIRED = ("star_id", "ra", "dec")
 QUALITY = "quality_flag"
 
-_FORMATS = {
-    ".csv": "ascii.csv",
-    ".fits": "fits",
-    ".fit": "fits",
-    ".fits.gz": "fits",
-    ".parquet": "parquet",
-    ".ecsv": "ascii.ecsv",
-    ".vot": "votable",
-    ".xml": "votable",
-}
 _UNITS = {
     "ra": "deg",
     "dec": "deg",
@@ -99,33 +78,6 @@ class CrossmatchResult:
     notes: list[str] = field(default_factory=list)
 
 
-def table_format(path: str | os.PathLike[str]) -> str:
-    """The astropy format name for a catalogue path, by its extension."""
-    name = str(path).lower()
-    for ext in sorted(_FORMATS, key=len, reverse=True):
-        if name.endswith(ext):
-            return _FORMATS[ext]
-    raise CatalogueError(
-        f"{path}: unknown catalogue format; use one of {', '.join(sorted(_FORMATS))}"
-    )
-
-
-def read_catalogue(path: str | os.PathLike[str]) -> Table:
-    """Read a catalogue file into a Table; :class:`CatalogueError` if it cannot be read."""
-    fmt = table_format(path)
-    if not Path(path).is_file():
-        raise CatalogueError(f"{path}: no such file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # unit and VO warnings from foreign catalogues
-            table = Table.read(path, format=fmt)
-    except Exception as exc:  # astropy raises many types for bad contents; all mean "unreadable"
-        raise CatalogueError(f"{path}: not a readable {fmt} table ({exc})") from exc
-    if len(table.colnames) == 0:
-        raise CatalogueError(f"{path}: the table has no columns")
-    return table
-
-
 def parse_column_pairs(pairs: Iterable[str]) -> dict[str, str]:
     """``["NAME=SOURCE", ...]`` -> {NAME: SOURCE}; ValueError on a malformed pair."""
     out = {}
@@ -148,7 +100,7 @@ class ColumnMap:
 
 def read_column_map(path: str | os.PathLike[str]) -> ColumnMap:
     """A YAML map of NAME: SOURCE pairs: two sections, ``lamost:`` and ``labels:``, or one
-    flat mapping whose pairs apply to whichever catalogue has the SOURCE column."""
+    flat mapping whose pairs apply to whichever side has the SOURCE column."""
     import yaml
 
     try:
@@ -243,7 +195,7 @@ def load_lamost(
 
     ``renames`` must name existing columns; ``loose`` pairs apply only where they do.
     """
-    raw = read_catalogue(path)
+    raw = read_table(path)
     loose = {k: v for k, v in (loose or {}).items() if k in LAMOST_COLUMNS}
     renames = {**_present(raw, loose), **(renames or {})}
     where = str(path)
@@ -291,7 +243,7 @@ def load_lamost(
 def standardize_labels(
     raw: Table, mapping: Mapping[str, str], label_names: Sequence[str], where: str
 ) -> Table:
-    """The label catalogue with our names: star_id, ra, dec, labels, _err, quality_flag."""
+    """The label source's table with our names: star_id, ra, dec, labels, _err, quality_flag."""
     missing = [n for n in (*LABEL_REQUIRED, *label_names) if n not in mapping]
     if missing:
         raise CatalogueError(
@@ -330,11 +282,11 @@ def load_label_file(
     label_names: Sequence[str] = CATALOGUE_LABELS,
     loose: Mapping[str, str] | None = None,
 ) -> tuple[Table, dict[str, str]]:
-    """A local label catalogue with our names: (table, {our name: source}).
+    """A local label file with our names: (table, {our name: source}).
 
     ``renames`` must name existing columns; ``loose`` pairs apply only where they do.
     """
-    raw = read_catalogue(path)
+    raw = read_table(path)
     renames = {**_present(raw, loose or {}), **(renames or {})}
     wanted = [*LABEL_REQUIRED, *label_names, *(f"{n}_err" for n in label_names), QUALITY]
     required = [*LABEL_REQUIRED, *label_names]
@@ -401,7 +353,7 @@ def _is_good(values: np.ndarray, good: Sequence[str]) -> np.ndarray:
 
 
 def apply_cuts(
-    table: Table, cuts: Cuts, label_names: Sequence[str], where: str = "label catalogue"
+    table: Table, cuts: Cuts, label_names: Sequence[str], where: str = "label source"
 ) -> tuple[Table, list[tuple[str, int, int]]]:
     """Apply the cuts in order; return the rows left and (step, spectra, stars) after each."""
     counts = []
@@ -446,7 +398,8 @@ def crossmatch(
     cuts: Cuts = Cuts(),
     refresh: bool = False,
 ) -> CrossmatchResult:
-    """Match a LAMOST catalogue with labels (``labels_file``, else the named ``labels``).
+    """Match a LAMOST catalogue with a label source: ``labels_file``, else the one named
+    ``labels`` (:data:`~lamost_rrnet.vizier.LABEL_SOURCES`).
 
     ``columns`` renames LAMOST-side columns (``--column``); ``map_file`` is a YAML map for
     either side. Raises :class:`CatalogueError` for missing columns, an empty match, or a
@@ -473,12 +426,12 @@ def crossmatch(
         )
         source = str(labels_file)
     else:
-        from lamost_rrnet.vizier import LABEL_CATALOGUES, load_vizier_labels
+        from lamost_rrnet.vizier import LABEL_SOURCES, load_vizier_labels
 
         raw, label_map, reasons = load_vizier_labels(
             labels, label_names, strict_labels, loose=loose_labels, refresh=refresh
         )
-        source = f"VizieR {LABEL_CATALOGUES[labels]}"
+        source = f"VizieR {LABEL_SOURCES[labels]}"
         star_table = standardize_labels(raw, label_map, label_names, source)
     counts.append(("label stars", None, len(np.unique(star_table["star_id"]))))
     matched, ambiguous = match_catalogues(lamost, star_table, radius_arcsec)
@@ -513,28 +466,19 @@ def crossmatch(
     return CrossmatchResult(table, mapping, reasons, counts, ambiguous, notes)
 
 
-def _fits_bytes(table: Table) -> bytes:
-    """FITS with TUNIT/TCOMM set by hand: Table.write drops 'dex' and never writes TCOMM."""
-    import io
-
-    from astropy.io import fits
-
-    plain = Table(table, copy=False)
-    for name in plain.colnames:
-        plain[name].unit = None
-    hdu = fits.table_to_hdu(plain)
-    for i, name in enumerate(plain.colnames, start=1):
+def _column_cards(table: Table) -> tuple[dict[str, str], dict[str, str]]:
+    """The FITS unit and comment of each column of a reference table."""
+    units, comments = {}, {}
+    for name in table.colnames:
         base = name[:-4] if name.endswith("_err") else name
         col_unit = _UNITS.get(name) or (unit(base) if base in CATALOGUE_LABELS else None)
+        if col_unit:
+            units[name] = col_unit
         comment = _COMMENTS.get(name) or description(base)
         if name.endswith("_err"):
             comment = f"uncertainty of {comment}"
-        if col_unit:
-            hdu.header[f"TUNIT{i}"] = col_unit
-        hdu.header[f"TCOMM{i}"] = comment[:68]
-    buffer = io.BytesIO()
-    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buffer)
-    return buffer.getvalue()
+        comments[name] = comment[:68]
+    return units, comments
 
 
 def write_reference(table: Table, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -543,11 +487,8 @@ def write_reference(table: Table, path: str | os.PathLike[str], *, overwrite: bo
     fmt = table_format(path)
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path}: exists; use --overwrite")
-    with atomic_path(path) as tmp:
-        if fmt == "fits":
-            tmp.write_bytes(_fits_bytes(table))
-        else:
-            table.write(tmp, format=fmt, overwrite=True)
+    units, comments = _column_cards(table)
+    write_table(table, path, format=fmt, units=units, comments=comments)
     return path
 
 
@@ -556,3 +497,16 @@ def reference_label_names(table: Table) -> list[str]:
     if "LABELS" in table.meta:
         return list(json.loads(table.meta["LABELS"]))
     return [n for n in CATALOGUE_LABELS if n in table.colnames]
+
+
+def __getattr__(name: str):
+    # read_catalogue is table_io.read_table now; the old name stays one release for scripts.
+    if name == "read_catalogue":
+        warnings.warn(
+            "lamost_rrnet.crossmatch.read_catalogue is deprecated and will be removed in the "
+            "next release: use lamost_rrnet.table_io.read_table",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return read_table
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

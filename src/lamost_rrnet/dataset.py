@@ -48,7 +48,7 @@ from lamost_rrnet.spectra.preprocess import RRNET2022, PreprocessSpec
 SPLITS = ("train", "valid", "test")
 STRING_COLUMNS = ("filename", "extname_blue", "extname_red", "star_id", "rv_source", "split")
 #: A dataset row's resume key: the reference table's file and arms (a catalogue's row is
-#: keyed by its input's path instead: catalog.KEY_COLUMNS).
+#: keyed by its input's path instead: catalogue.KEY_COLUMNS).
 ROW_KEY = ("filename", "extname_blue", "extname_red")
 # 8 rows are 230 kB: a random row costs little more than itself, a batch stays in the cache.
 CHUNK_ROWS = 8

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lamost_rrnet.catalog import shard_header
+from lamost_rrnet.catalogue import shard_header
 from lamost_rrnet.errors import UsageError
 from lamost_rrnet.identity import (
     HashSet,
@@ -107,7 +107,7 @@ class Shard:
         return cls(int(index), int(count))
 
     def header(self) -> dict[str, tuple]:
-        """The part's header keys: the algorithm (catalog.SHARD_ALGORITHM), K and N."""
+        """The part's header keys: the algorithm (catalogue.SHARD_ALGORITHM), K and N."""
         return shard_header(self.index, self.count)
 
     def members(self, block: Sequence[str]) -> np.ndarray:
@@ -117,7 +117,7 @@ class Shard:
 
 def shard_hashes(paths: Iterable[str | bytes | os.PathLike]) -> np.ndarray:
     """BLAKE2b with an 8-byte digest of each input identity's bytes, as little-endian uint64:
-    the "blake2b-64" of :data:`lamost_rrnet.catalog.SHARD_ALGORITHM`.
+    the "blake2b-64" of :data:`lamost_rrnet.catalogue.SHARD_ALGORITHM`.
 
     Unlike Python's salted ``hash()``, the same in every process, machine and release.
     """

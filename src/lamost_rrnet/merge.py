@@ -13,7 +13,7 @@ per kind of problem with up to ten examples, so that one try shows what to fix:
    are found with 8 bytes a row, 16 while the parts' arrays are merged (a Python set of the
    keys would take over 100: docs/performance.md).
 3. The copy: the parts' rows, in bounded batches and in order, through
-   :func:`~lamost_rrnet.catalog.write_catalogue`, which writes atomically.
+   :func:`~lamost_rrnet.catalogue.write_catalogue`, which writes atomically.
 
 Rows are copied, not converted: in FITS and Parquet every value keeps its bits, NaN payloads
 included; CSV keeps the values (every NaN is written ``nan``).
@@ -33,8 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lamost_rrnet.catalog import (
-    FORMATS,
+from lamost_rrnet.catalogue import (
     JOURNAL_SUFFIX,
     KEY_COLUMNS,
     SHARD_KEYS,
@@ -55,6 +54,7 @@ from lamost_rrnet.errors import CatalogueError, OutputExistsError
 from lamost_rrnet.identity import contains, text_hashes
 from lamost_rrnet.locking import exclusive
 from lamost_rrnet.progress import make_progress
+from lamost_rrnet.table_io import CATALOGUE_ENDINGS, format_of
 
 MAX_EXAMPLES = 10
 _PART_FORMATS = ("fits", "parquet")  # a CSV catalogue records no header to check
@@ -116,7 +116,7 @@ class _Problems:
 
 
 def _is_part(path: Path) -> bool:
-    return FORMATS.get(path.suffix.lower()) in _PART_FORMATS
+    return format_of(path, CATALOGUE_ENDINGS) in _PART_FORMATS
 
 
 def _find_parts(

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from lamost_rrnet.catalog import (
+from lamost_rrnet.catalogue import (
     BAD_HEADER,
     META_COLUMNS,
     REASONS,

@@ -5,7 +5,7 @@ and, in a sharded run, only when it falls in the shard. They are cut into chunks
 an executor runs :mod:`lamost_rrnet.pipeline` on them: worker processes on this machine
 (:mod:`lamost_rrnet.executors`) or a Dask cluster (:mod:`lamost_rrnet.dask_executor`). This
 module only wires them: it owns the output, whose resumable journal
-(:mod:`lamost_rrnet.catalog`) receives each finished chunk, and the progress bar. At most a
+(:mod:`lamost_rrnet.catalogue`) receives each finished chunk, and the progress bar. At most a
 few chunks are in flight, so memory does not grow with the number of files.
 """
 
@@ -27,7 +27,7 @@ from rich.markup import escape
 from threadpoolctl import threadpool_limits
 
 from lamost_rrnet._version import __version__
-from lamost_rrnet.catalog import (
+from lamost_rrnet.catalogue import (
     CatalogueSchema,
     CsvStream,
     FlagRule,
@@ -248,9 +248,9 @@ def predict_files(
     header records it, and :func:`lamost_rrnet.merge_catalogues` joins the parts.
 
     ``model`` is a registry name, a model directory, a published-layout directory, or an
-    ``Ensemble``. RVs come from ``catalogue`` (CSV/FITS/Parquet, joined by obsid or file name,
-    column ``rv_column`` or the first of rv, rv_ku0, rv_br0, rv_lasp0), else from
-    cross-correlation. ``exposures`` gives one row per exposure instead of per coadd. The
+    ``Ensemble``. RVs come from the RV table ``catalogue`` (CSV/FITS/Parquet, joined by obsid
+    or file name, column ``rv_column`` or the first of rv, rv_ku0, rv_br0, rv_lasp0), else
+    from cross-correlation. ``exposures`` gives one row per exposure instead of per coadd. The
     ``_err`` columns hold the model's calibrated σ, or with ``raw_sigma`` the ensemble's own
     σ; the header's SIGMA says which. A file that needs more than ``max_file_bytes``
     decompressed becomes a row with status ``too_large``.

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from lamost_rrnet.atomic import replace_durably
-from lamost_rrnet.crossmatch import read_catalogue, reference_label_names
+from lamost_rrnet.crossmatch import reference_label_names
 from lamost_rrnet.dataset import DatasetWriter
 from lamost_rrnet.errors import CatalogueError, OutputExistsError, SpectrumError
 from lamost_rrnet.lifeline import exit_with_parent
@@ -32,6 +32,7 @@ from lamost_rrnet.pipeline import Resampled, normalize_chunk, resample_spectrum
 from lamost_rrnet.progress import make_progress
 from lamost_rrnet.spectra.io import MAX_BYTES, Spectrum, read_mrs
 from lamost_rrnet.spectra.preprocess import RRNET2022, PreprocessSpec
+from lamost_rrnet.table_io import read_table
 
 REFERENCE_REQUIRED = (
     "obsid",
@@ -234,7 +235,7 @@ def _run_chunks(
 
 
 def _read_reference(reference: str | os.PathLike[str]):
-    table = read_catalogue(reference)
+    table = read_table(reference)
     label_names = reference_label_names(table)
     missing = [c for c in (*REFERENCE_REQUIRED, *label_names) if c not in table.colnames]
     if missing or not label_names:

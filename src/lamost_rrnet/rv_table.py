@@ -1,5 +1,6 @@
-"""RVs from a LAMOST catalogue (CSV, FITS or Parquet): read once in bounded batches into
-sorted arrays, looked up by obsid or file name by the processes that read the spectra."""
+"""The RV table of ``predict --catalogue`` (CSV, FITS or Parquet; a LAMOST catalogue, say): its
+RVs read once in bounded batches into sorted arrays, looked up by obsid or file name by the
+processes that read the spectra."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lamost_rrnet.columns import RV_COLUMNS
 from lamost_rrnet.errors import CatalogueError
 from lamost_rrnet.identity import text_hashes
+from lamost_rrnet.table_io import RV_TABLE_ENDINGS, format_of
 
-#: Where the RV is looked for by default, first present wins.
-RV_COLUMNS = ("rv", "rv_ku0", "rv_br0", "rv_lasp0")
 _MISSING_RV = -9999.0  # LAMOST's "no value"
+_BATCH_ROWS = 262144
 
 
 def _basename_key(name: str) -> str:
@@ -28,23 +30,31 @@ def _find(names: Sequence[str], wanted: str) -> str | None:
     return lower.get(wanted.lower())
 
 
-def _catalogue_batches(path: str, columns: list[str]) -> Iterator[dict[str, np.ndarray]]:
-    """The named columns of a CSV, FITS or Parquet table, in bounded batches of numpy arrays."""
-    lower = path.lower()
-    if lower.endswith((".parquet", ".pq")):
+def _table_format(path: str) -> str:
+    fmt = format_of(path, RV_TABLE_ENDINGS)
+    if fmt is None:
+        raise CatalogueError(f"{path}: use a .csv, .fits or .parquet RV table")
+    return fmt
+
+
+def _table_batches(path: str, columns: list[str]) -> Iterator[dict[str, np.ndarray]]:
+    """The named columns of the RV table, in bounded batches of numpy arrays; without pandas
+    or astropy's Table, which would read the whole file."""
+    fmt = _table_format(path)
+    if fmt == "parquet":
         import pyarrow.parquet as pq
 
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=262144, columns=columns):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS, columns=columns):
             yield {c: batch[c].to_numpy(zero_copy_only=False) for c in columns}
-    elif lower.endswith((".fits", ".fit", ".fits.gz", ".fit.gz")):
+    elif fmt == "fits":
         from astropy.io import fits
 
         with fits.open(path, memmap=True) as hdul:
             data = next((h.data for h in hdul[1:] if isinstance(h, fits.BinTableHDU)), None)
             if data is None:
                 raise CatalogueError(f"{path}: no binary table")
-            for start in range(0, len(data), 262144):
-                rows = data[start : start + 262144]
+            for start in range(0, len(data), _BATCH_ROWS):
+                rows = data[start : start + _BATCH_ROWS]
                 yield {c: np.asarray(rows[c]) for c in columns}
     else:
         import pyarrow.csv as pa_csv
@@ -56,14 +66,14 @@ def _catalogue_batches(path: str, columns: list[str]) -> Iterator[dict[str, np.n
             yield {c: batch[c].to_numpy(zero_copy_only=False) for c in columns}
 
 
-def _catalogue_columns(path: str) -> list[str]:
-    lower = path.lower()
+def _table_columns(path: str) -> list[str]:
+    fmt = _table_format(path)
     try:
-        if lower.endswith((".parquet", ".pq")):
+        if fmt == "parquet":
             import pyarrow.parquet as pq
 
             return list(pq.ParquetFile(path).schema_arrow.names)
-        if lower.endswith((".fits", ".fit", ".fits.gz", ".fit.gz")):
+        if fmt == "fits":
             from astropy.io import fits
 
             with fits.open(path, memmap=True) as hdul:
@@ -71,20 +81,18 @@ def _catalogue_columns(path: str) -> list[str]:
                     if isinstance(hdu, fits.BinTableHDU):
                         return list(hdu.columns.names)
             raise CatalogueError(f"{path}: no binary table")
-        if lower.endswith((".csv", ".csv.gz", ".txt")):
-            import pyarrow.csv as pa_csv
+        import pyarrow.csv as pa_csv
 
-            return list(pa_csv.open_csv(path).schema.names)
+        return list(pa_csv.open_csv(path).schema.names)
     except CatalogueError:
         raise
     except (OSError, ValueError) as exc:
         raise CatalogueError(f"{path}: not a readable table ({exc})") from exc
-    raise CatalogueError(f"{path}: use a .csv, .fits or .parquet catalogue")
 
 
 @dataclass(frozen=True)
 class RVTable:
-    """Catalogue RVs as sorted arrays in ``directory``, memory-mapped by every local worker
+    """The RV table's RVs as sorted arrays in ``directory``, memory-mapped by every local worker
     process; or, after :meth:`in_memory`, the arrays themselves, sent to workers that do not
     share the client's disk (Dask).
 
@@ -145,13 +153,13 @@ def _as_obsid(values: np.ndarray) -> np.ndarray:
 
 
 def load_rv_table(path: str | os.PathLike[str], rv_column: str | None, directory: str) -> RVTable:
-    """Read the RVs of a LAMOST catalogue (CSV/FITS/Parquet) into an :class:`RVTable`.
+    """Read the RVs of an RV table (CSV/FITS/Parquet) into an :class:`RVTable`.
 
     ``rv_column`` names the column; by default the first present of rv, rv_ku0, rv_br0,
     rv_lasp0. Rows are joined by ``obsid``, or by ``filename`` where the obsid is absent.
     """
     path = os.fspath(path)
-    names = _catalogue_columns(path)
+    names = _table_columns(path)
     wanted = [rv_column] if rv_column else list(RV_COLUMNS)
     column = next((_find(names, c) for c in wanted if _find(names, c)), None)
     if column is None:
@@ -165,7 +173,7 @@ def load_rv_table(path: str | os.PathLike[str], rv_column: str | None, directory
     n_rows = 0
     read = [c for c in (obsid_col, name_col, column) if c]
     try:
-        for batch in _catalogue_batches(path, read):
+        for batch in _table_batches(path, read):
             rv = np.asarray(batch[column], np.float64)
             good = np.isfinite(rv) & (rv > _MISSING_RV)
             n_rows += int(good.sum())

@@ -1,4 +1,4 @@
-"""Label catalogues from VizieR: fetched once through astroquery, cached, mapped by metadata.
+"""Label sources from VizieR: fetched once through astroquery, cached, mapped by metadata.
 
 VizieR column names are not stable across catalogues (and could not be checked offline), so
 the columns are recognized by the metadata VizieR sends with every table: the UCD
@@ -10,19 +10,20 @@ recorded; a label that cannot be found is an error, never a guess from a wrong c
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 
 import numpy as np
 from astropy.table import Column, MaskedColumn, Table
 
-from lamost_rrnet.atomic import atomic_path
 from lamost_rrnet.cache import cache_dir
 from lamost_rrnet.errors import CatalogueError
 from lamost_rrnet.labels import CATALOGUE_LABELS, ELEMENTS
+from lamost_rrnet.table_io import read_table, write_table
 
-#: Named label catalogues: name -> VizieR catalogue.
-LABEL_CATALOGUES = {"apogee-payne": "J/ApJ/879/69"}
+#: The label sources by name: name -> VizieR catalogue.
+LABEL_SOURCES = {"apogee-payne": "J/ApJ/879/69"}
 
 _XH = re.compile(r"\[\s*([A-Z][a-z]?)\s*/\s*H\s*\]")
 _XH_NAME = re.compile(r"^\[?([A-Z][a-z]?)[/_]?H\]?$")
@@ -58,7 +59,7 @@ def fetch_vizier(catalog: str, *, refresh: bool = False, timeout: float = 600) -
     """
     path = _cache_file(catalog)
     if path.exists() and not refresh:
-        return Table.read(path, format="parquet")
+        return read_table(path)
     import requests
     from astroquery import cache_conf
     from astroquery.exceptions import TableParseError
@@ -82,8 +83,7 @@ def fetch_vizier(catalog: str, *, refresh: bool = False, timeout: float = 600) -
         "vizier_catalog": catalog,
         "retrieved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    with atomic_path(path) as tmp:
-        table.write(tmp, format="parquet", overwrite=True)
+    write_table(table, path)
     return table
 
 
@@ -206,14 +206,14 @@ def load_vizier_labels(
     loose: Mapping[str, str] | None = None,
     refresh: bool = False,
 ) -> tuple[Table, dict[str, str], dict[str, str]]:
-    """A named label catalogue (``apogee-payne``) as (raw table, mapping, reasons).
+    """A label source by name (``apogee-payne``) as (raw table, mapping, reasons).
 
     ``renames`` (our name -> VizieR column, from ``--map``) override the metadata mapping;
     ``loose`` ones (a flat map's) only where the catalogue has that column.
     """
-    if name not in LABEL_CATALOGUES:
-        raise ValueError(f"unknown label catalogue {name!r}: use {', '.join(LABEL_CATALOGUES)}")
-    catalog = LABEL_CATALOGUES[name]
+    if name not in LABEL_SOURCES:
+        raise ValueError(f"unknown label source {name!r}: use {', '.join(LABEL_SOURCES)}")
+    catalog = LABEL_SOURCES[name]
     table = fetch_vizier(catalog, refresh=refresh)
     mapping, why = map_vizier_columns(table, label_names)
     present = {k: v for k, v in (loose or {}).items() if v in table.colnames}
@@ -222,3 +222,16 @@ def load_vizier_labels(
         why[target] = "given by --map"
     table.meta["source"] = f"VizieR {catalog}"
     return table, mapping, why
+
+
+def __getattr__(name: str):
+    # LABEL_CATALOGUES is LABEL_SOURCES now; the old name stays one release for scripts.
+    if name == "LABEL_CATALOGUES":
+        warnings.warn(
+            "lamost_rrnet.vizier.LABEL_CATALOGUES is deprecated and will be removed in the next "
+            "release: use LABEL_SOURCES",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return LABEL_SOURCES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

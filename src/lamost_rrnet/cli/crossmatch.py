@@ -78,12 +78,12 @@ def crossmatch_command(
     )
     from lamost_rrnet.labels import CATALOGUE_LABELS
     from lamost_rrnet.progress import stderr_console
-    from lamost_rrnet.vizier import LABEL_CATALOGUES
+    from lamost_rrnet.vizier import LABEL_SOURCES
 
     opts = options(ctx)
-    if labels not in LABEL_CATALOGUES:
+    if labels not in LABEL_SOURCES:
         raise typer.BadParameter(
-            f"{labels!r}: use one of {', '.join(LABEL_CATALOGUES)}", param_hint="--labels"
+            f"{labels!r}: use one of {', '.join(LABEL_SOURCES)}", param_hint="--labels"
         )
     if labels_file is not None and ctx.get_parameter_source("labels").name != "DEFAULT":
         raise typer.BadParameter("give --labels or --labels-file, not both", param_hint="--labels")
@@ -123,7 +123,7 @@ def crossmatch_command(
         drop_nan_labels=not keep_nan_labels,
     )
     if labels_file is None:
-        info(ctx, f"label catalogue: {labels} (VizieR {LABEL_CATALOGUES[labels]}, cached)")
+        info(ctx, f"label catalogue: {labels} (VizieR {LABEL_SOURCES[labels]}, cached)")
     result = crossmatch(
         catalogue,
         labels=labels,

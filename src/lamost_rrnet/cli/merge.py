@@ -32,7 +32,7 @@ def merge_command(
     models or settings, unfinished parts, repeated rows and, with --shards, missing shards."""
     from rich.markup import escape
 
-    from lamost_rrnet.catalog import output_format
+    from lamost_rrnet.catalogue import output_format
     from lamost_rrnet.merge import merge_catalogues
 
     try:

@@ -101,7 +101,7 @@ def predict_command(
     ),
 ) -> None:
     """Estimate Teff, log g and 15 abundances for LAMOST MRS spectra; write the catalogue."""
-    from lamost_rrnet.catalog import output_format
+    from lamost_rrnet.catalogue import output_format
     from lamost_rrnet.cli.common import info, options
     from lamost_rrnet.inputs import Shard
     from lamost_rrnet.predict import predict_files

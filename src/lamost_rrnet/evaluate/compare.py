@@ -28,11 +28,12 @@ MATCH_MODES = ("obsid", "sky")
 MATCHED = "matched"
 
 
-def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """A catalogue file (any format ``crossmatch`` reads) as a DataFrame of its 1-D columns."""
-    from lamost_rrnet.crossmatch import read_catalogue
+def read_frame(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """A table file (any format :func:`~lamost_rrnet.table_io.read_table` reads) as a DataFrame
+    of its 1-D columns."""
+    from lamost_rrnet.table_io import read_table
 
-    table = read_catalogue(path)
+    table = read_table(path)
     return table[[n for n in table.colnames if table[n].ndim == 1]].to_pandas()
 
 
@@ -85,8 +86,8 @@ def evaluate_catalogue(
     ``<label>_err`` columns where present; S/N bins from its snr_blue/snr_red where present.
     """
     catalogue_path, reference_path = Path(catalogue_path), Path(reference_path)
-    cat = read_table(catalogue_path)
-    ref = read_table(reference_path)
+    cat = read_frame(catalogue_path)
+    ref = read_frame(reference_path)
     common = ordered_labels([lb for lb in CATALOGUE_LABELS if lb in cat and lb in ref])
     if not common:
         raise CatalogueError(

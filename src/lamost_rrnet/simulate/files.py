@@ -19,7 +19,7 @@ import pandas as pd
 from astropy.io import fits
 
 from lamost_rrnet.atomic import atomic_write_bytes
-from lamost_rrnet.crossmatch import LAMOST_COLUMNS
+from lamost_rrnet.columns import LAMOST_COLUMNS
 from lamost_rrnet.errors import OutputExistsError
 from lamost_rrnet.labels import CATALOGUE_LABELS
 from lamost_rrnet.simulate.observe import (

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 from astropy.table import Table
 
-from lamost_rrnet.atomic import atomic_path
+from lamost_rrnet.table_io import format_of, write_table
 
 
 def write_normalized(
@@ -20,10 +19,8 @@ def write_normalized(
 ) -> None:
     """Columns ``wavelength`` (Å, rest frame, vacuum) and ``flux``; CSV or FITS by extension."""
     table = Table({"wavelength": np.asarray(wavelength, np.float64), "flux": flux})
-    table["wavelength"].unit = "Angstrom"
     table.meta["RV"] = rv
     table.meta["SOURCE"] = source
     table.meta["PREPROC"] = "rrnet2022 steps 1-4"
-    fmt = "fits" if Path(path).suffix.lower() in (".fits", ".fit") else "ascii.csv"
-    with atomic_path(path) as tmp:
-        table.write(tmp, format=fmt, overwrite=True)
+    fmt = format_of(path, (".fits", ".fit")) or "csv"
+    write_table(table, path, format=fmt, units={"wavelength": "Angstrom"})

@@ -1,4 +1,4 @@
-"""The catalogue's columns, flag rule, writers and journal (lamost_rrnet.catalog)."""
+"""The catalogue's columns, flag rule, writers and journal (lamost_rrnet.catalogue)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from lamost_rrnet.catalog import (
+from lamost_rrnet.catalogue import (
     HIGH_SIGMA,
     LOW_SNR,
     NAN_LABEL,
@@ -301,13 +301,13 @@ def test_journal_of_an_older_version_is_refused(tmp_path):
 
 def test_a_journal_appears_only_complete(tmp_path, monkeypatch):
     """Killed while copying a finished output's rows: no journal, and the output intact."""
-    import lamost_rrnet.catalog as catalog
+    import lamost_rrnet.catalogue as catalogue
 
     out = tmp_path / "cat.parquet"
     first = Journal.open(out, SCHEMA, RUN)
     first.append(SCHEMA.table(_rows(SCHEMA, 3)))
     first.assemble(out, HEADER)
-    monkeypatch.setattr(catalog, "_IMPORT_ROWS", 1)
+    monkeypatch.setattr(catalogue, "_IMPORT_ROWS", 1)
 
     def disk_full(self, table):
         raise OSError(28, "No space left on device")
@@ -319,7 +319,7 @@ def test_a_journal_appears_only_complete(tmp_path, monkeypatch):
 
 
 def test_header_values_are_checked_before_a_run():
-    from lamost_rrnet.catalog import check_header
+    from lamost_rrnet.catalogue import check_header
 
     check_header(HEADER)
     with pytest.raises(CatalogueError, match="cannot go into FITS"):
