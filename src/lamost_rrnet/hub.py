@@ -37,6 +37,7 @@ import numpy as np
 from lamost_rrnet.errors import ModelError
 from lamost_rrnet.labels import PAPER_GROUPS
 from lamost_rrnet.locking import exclusive
+from lamost_rrnet.names import DEFAULT_MODEL
 from lamost_rrnet.paths import stays_inside
 
 if TYPE_CHECKING:
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
     from lamost_rrnet.ensemble import Ensemble, Normalization
 
 REGISTRY_ENV = "LAMOST_RRNET_REGISTRY"
-DEFAULT_MODEL = "rrnet2022"
 #: Attempts per file after the first, and the first wait (doubled each time), in seconds.
 RETRIES = 3
 RETRY_WAIT = 1.0

@@ -34,6 +34,7 @@ from lamost_rrnet.evaluate.report import (
     write_report_files,
 )
 from lamost_rrnet.labels import CATALOGUE_LABELS, pretty
+from lamost_rrnet.names import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     import torch
@@ -269,7 +270,7 @@ def _saliency_figure(
 
 def evaluate_dataset(
     dataset_path: str | os.PathLike[str],
-    models: Sequence[str | os.PathLike[str] | Ensemble] = ("rrnet2022",),
+    models: Sequence[str | os.PathLike[str] | Ensemble] = (DEFAULT_MODEL,),
     split: str = "test",
     out_dir: str | os.PathLike[str] = "report",
     *,
