@@ -216,7 +216,7 @@ class _Writer:
         return None
 
 
-def predict_files(
+def predict_files(  # noqa: PLR0915
     paths: Iterable[str | os.PathLike[str]] = (),
     model: Any = DEFAULT_MODEL,
     catalogue: str | os.PathLike[str] | None = None,

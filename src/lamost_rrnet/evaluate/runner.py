@@ -268,7 +268,7 @@ def _saliency_figure(
     return target, notes
 
 
-def evaluate_dataset(
+def evaluate_dataset(  # noqa: PLR0915
     dataset_path: str | os.PathLike[str],
     models: Sequence[str | os.PathLike[str] | Ensemble] = (DEFAULT_MODEL,),
     split: str = "test",

@@ -339,7 +339,7 @@ def _prepare_output(out_dir: Path, resume: bool, overwrite: bool) -> dict | None
     return None
 
 
-def train_ensemble(
+def train_ensemble(  # noqa: PLR0915
     dataset_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     members: int = 6,
