@@ -67,7 +67,7 @@ def _with_extension_first(raw: bytes, extension: bytes) -> bytes:
     return raw[:first] + extension + raw[first:]
 
 
-def build_corpus(root: Path) -> tuple[dict[bytes, str | None], set[bytes]]:
+def build_corpus(root: Path) -> tuple[dict[bytes, str | None], set[bytes]]:  # noqa: PLR0915
     """Write the corpus under ``root``.
 
     Returns the expected status of every input that must give a row (None: any non-empty

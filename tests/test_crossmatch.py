@@ -13,7 +13,13 @@ from astropy.io.votable import from_table
 from astropy.table import Table
 from astroquery.utils.mocks import MockResponse
 
-from lamost_rrnet.crossmatch import Cuts, apply_cuts, crossmatch
+from lamost_rrnet.crossmatch import (
+    Cuts,
+    apply_cuts,
+    check_reference_output,
+    crossmatch,
+)
+from lamost_rrnet.errors import OutputExistsError, UsageError
 from lamost_rrnet.labels import CATALOGUE_LABELS, ELEMENTS
 from lamost_rrnet.table_io import read_table
 from lamost_rrnet.vizier import map_vizier_columns
@@ -248,6 +254,21 @@ def test_invalid_options_exit_2(sim, tmp_path, run_cli, args):
         *args,
     )
     assert code == 2
+
+
+def test_library_refuses_unknown_columns_and_existing_outputs(sim, tmp_path):
+    with pytest.raises(UsageError, match="unknown LAMOST column name"):
+        crossmatch(
+            sim / "lamost_catalogue.csv",
+            labels_file=sim / "labels.csv",
+            columns={"nonsense": "snr_b"},
+        )
+    out = tmp_path / "ref.fits"
+    check_reference_output(out)
+    out.write_text("keep me")
+    check_reference_output(out, overwrite=True)
+    with pytest.raises(OutputExistsError, match="exists"):
+        check_reference_output(out)
 
 
 def test_existing_output_is_refused(sim, tmp_path, run_cli):

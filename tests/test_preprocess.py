@@ -7,17 +7,30 @@ import re
 import numpy as np
 import pytest
 
-from lamost_rrnet.errors import CoverageError
+from lamost_rrnet.errors import CoverageError, RRNetError, UsageError
 from lamost_rrnet.spectra.io import Arm, Spectrum, read_mrs
 from lamost_rrnet.spectra.preprocess import (
     RRNET2022,
     PreprocessSpec,
+    load_spec,
     normalize,
     normalize_reference,
     outlier_stats,
     preprocess,
     resample,
 )
+
+
+def test_load_spec_takes_the_name_or_a_spec_file(tmp_path):
+    assert load_spec(RRNET2022.name) is RRNET2022
+    model_yaml = tmp_path / "model.yaml"
+    model_yaml.write_text("preprocessing:\n  name: narrow\n  poly_degree: 3\n")
+    assert load_spec(model_yaml) == PreprocessSpec(name="narrow", poly_degree=3)
+    with pytest.raises(UsageError, match="'no-such-spec'"):
+        load_spec("no-such-spec")
+    model_yaml.write_text("- 1\n")
+    with pytest.raises(RRNetError, match="not a preprocessing spec"):
+        load_spec(model_yaml)
 
 
 def _references(shared_dir, real_spectra):

@@ -15,10 +15,11 @@ from safetensors.torch import load_file
 
 from lamost_rrnet.dataset import open_dataset, write_dataset
 from lamost_rrnet.ensemble import Ensemble
-from lamost_rrnet.errors import DatasetError, OutputExistsError, RRNetError
+from lamost_rrnet.errors import DatasetError, OutputExistsError, RRNetError, UsageError
 from lamost_rrnet.labels import PAPER_GROUPS
 from lamost_rrnet.models import create_model
 from lamost_rrnet.training import train_ensemble
+from lamost_rrnet.training.config import read_config
 from lamost_rrnet.training.stacked import StackedNet, _Conv3
 
 TINY = {"Nr": [2, 2, 2]}  # 0.5 M parameters: a member trains in milliseconds per spectrum
@@ -425,7 +426,37 @@ def test_library_raises_dataset_error(dataset, tmp_path):
         tiny_run(dataset, tmp_path / "m", batch_size=10_000)
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"recipe": "huge"}, "unknown recipe 'huge'"),
+        ({"arch": "transformer"}, "unknown architecture 'transformer'"),
+        ({"arch_kwargs": {"Ns": 7}}, "sub-bands"),
+        ({"arch_kwargs": {"depth": 3}}, "depth"),
+    ],
+)
+def test_library_raises_usage_error_before_touching_the_output(dataset, tmp_path, kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        tiny_run(dataset, tmp_path / "m", **kwargs)
+    assert not (tmp_path / "m").exists()
+
+
 # -- configuration precedence ---------------------------------------------------------------
+
+
+def test_read_config_names_options_as_parameters_and_refuses_unknown_ones(tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text("--batch-size: 16\nnr: [2, 2, 2]\n")
+    assert read_config(config, {"batch_size", "nr"}) == {"batch_size": 16, "nr": "2,2,2"}
+    with pytest.raises(UsageError, match="unknown option 'nr'"):
+        read_config(config, {"batch_size"})
+    config.write_text("[16]\n")
+    with pytest.raises(UsageError, match="must map option names"):
+        read_config(config, {"batch_size"})
+    config.write_text("a: [\n")
+    with pytest.raises(UsageError, match="cannot read it") as info:
+        read_config(config, {"a"})
+    assert "\n" not in str(info.value)
 
 
 def test_option_beats_environment_beats_config_beats_default(

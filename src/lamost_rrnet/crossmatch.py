@@ -23,7 +23,7 @@ import numpy as np
 from astropy.table import Column, MaskedColumn, Table
 
 from lamost_rrnet.columns import LAMOST_COLUMNS, RV_COLUMNS
-from lamost_rrnet.errors import CatalogueError, OutputExistsError
+from lamost_rrnet.errors import CatalogueError, OutputExistsError, UsageError
 from lamost_rrnet.labels import CATALOGUE_LABELS, description, unit
 from lamost_rrnet.table_io import read_table, table_format, write_table
 
@@ -403,11 +403,11 @@ def crossmatch(
 
     ``columns`` renames LAMOST-side columns (``--column``); ``map_file`` is a YAML map for
     either side. Raises :class:`CatalogueError` for missing columns, an empty match, or a
-    cut that leaves nothing.
+    cut that leaves nothing, and :class:`UsageError` for a rename of an unknown column.
     """
     unknown = sorted(set(columns or {}) - set(LAMOST_COLUMNS))
     if unknown:
-        raise ValueError(
+        raise UsageError(
             f"unknown LAMOST column name(s) {', '.join(unknown)}: use {', '.join(LAMOST_COLUMNS)}"
         )
     cmap = ColumnMap({}, {}, False) if map_file is None else read_column_map(map_file)
@@ -481,12 +481,18 @@ def _column_cards(table: Table) -> tuple[dict[str, str], dict[str, str]]:
     return units, comments
 
 
+def check_reference_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+    """:class:`OutputExistsError` for an existing ``path`` unless ``overwrite``; call it before
+    :func:`crossmatch` too, so that a refusal costs no catalogue download."""
+    if Path(path).exists() and not overwrite:
+        raise OutputExistsError(f"{path}: exists; use --overwrite")
+
+
 def write_reference(table: Table, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Write the reference table (FITS, CSV, ECSV or Parquet by extension), atomically."""
     path = Path(path)
     fmt = table_format(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path}: exists; use --overwrite")
+    check_reference_output(path, overwrite=overwrite)
     units, comments = _column_cards(table)
     write_table(table, path, format=fmt, units=units, comments=comments)
     return path

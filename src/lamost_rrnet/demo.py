@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from lamost_rrnet.errors import OutputExistsError
+from lamost_rrnet.names import GROUPS_SINGLE
 
 #: What the demo writes into its folder; ``overwrite`` removes only these.
 DEMO_ENTRIES = ("sim", "reference.fits", "dataset.h5", "dataset_rejects.csv", "model",
@@ -31,7 +32,7 @@ class DemoSettings:
     visits: tuple[int, int] = (1, 3)
     snr: tuple[float, float] = (15.0, 150.0)
     members: int = 2
-    groups: str = "single"  # one network per member for all labels: twice the epochs in budget
+    groups: str = GROUPS_SINGLE  # one network per member for all labels: twice the epochs in budget
     epochs: int = 12
     batch_size: int = 64  # small sets: more optimizer steps per epoch than the paper's 256
     max_minutes: float = 1.5

@@ -28,8 +28,6 @@ from lamost_rrnet.errors import ModelError
 from lamost_rrnet.paths import stays_inside
 
 REGISTRY_ENV = "LAMOST_RRNET_REGISTRY"
-#: The model ``--model`` and :func:`lamost_rrnet.load_model` take when given none.
-DEFAULT_MODEL = "rrnet2022"
 # A registry name is also a cache directory's name: no separators, no "." or "..".
 _ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -173,6 +171,7 @@ _MOVED = {
     "load_registered": ("lamost_rrnet.model_resolution", "load_registered"),
     "looks_like_path": ("lamost_rrnet.model_resolution", "looks_like_path"),
     "load_model": ("lamost_rrnet.model_resolution", "load_model"),
+    "DEFAULT_MODEL": ("lamost_rrnet.names", "DEFAULT_MODEL"),
 }
 
 

@@ -15,7 +15,8 @@ import torch
 from lamost_rrnet.download import fetch
 from lamost_rrnet.ensemble import MODEL_FILE, Ensemble
 from lamost_rrnet.errors import ModelError
-from lamost_rrnet.hub import DEFAULT_MODEL, downloadable_models, get_entry
+from lamost_rrnet.hub import downloadable_models, get_entry
+from lamost_rrnet.names import DEFAULT_MODEL
 from lamost_rrnet.published_layout import is_published_layout, load_published
 
 

@@ -42,6 +42,7 @@ from lamost_rrnet.executors import FEEDER, WORKERS_PREDICT, LocalExecutor
 from lamost_rrnet.identity import HashSet, escape_text
 from lamost_rrnet.inputs import Shard, chunks, iter_input_paths, select_inputs
 from lamost_rrnet.locking import exclusive
+from lamost_rrnet.names import DEFAULT_MODEL
 from lamost_rrnet.pipeline import Chunk, ModelRunner, Predictor, ReadJob, load_ensemble
 from lamost_rrnet.progress import make_progress, stderr_console
 from lamost_rrnet.rv_table import load_rv_table
@@ -215,9 +216,9 @@ class _Writer:
         return None
 
 
-def predict_files(
+def predict_files(  # noqa: PLR0915
     paths: Iterable[str | os.PathLike[str]] = (),
-    model: Any = "rrnet2022",
+    model: Any = DEFAULT_MODEL,
     catalogue: str | os.PathLike[str] | None = None,
     rv_column: str | None = None,
     output: str | os.PathLike[str] | None = None,
@@ -283,7 +284,7 @@ def predict_files(
     if output is not None:
         fmt = output_format(output)
         if to_stdout and (resume or overwrite):
-            raise ValueError("resume and overwrite need an output file, not stdout")
+            raise UsageError("resume and overwrite need an output file, not stdout")
         if shard is not None and (to_stdout or fmt == "csv"):
             raise UsageError(
                 "--shard needs a .fits or .parquet output: a part must record its shard"

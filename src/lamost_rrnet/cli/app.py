@@ -12,6 +12,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -43,17 +44,26 @@ def _version_callback(value: bool) -> None:
 @app.callback()
 def main_callback(
     ctx: typer.Context,
-    version: bool = typer.Option(
-        False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
-    ),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars or messages on stderr."),
-    verbose: bool = typer.Option(False, "--verbose", help="More detail, and tracebacks on errors."),
-    threads: int | None = typer.Option(
-        None, "--threads", min=1, help="Threads for torch and the BLAS libraries."
-    ),
-    device: str = typer.Option(
-        "auto", "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
-    ),
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", help="No progress bars or messages on stderr.")
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="More detail, and tracebacks on errors.")
+    ] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", min=1, help="Threads for torch and the BLAS libraries."),
+    ] = None,
+    device: Annotated[
+        str,
+        typer.Option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
+    ] = "auto",
 ) -> None:
     from lamost_rrnet.devices import set_threads
 
@@ -151,7 +161,7 @@ def _register() -> None:
     app.command("evaluate")(evaluate.evaluate_command)
     from lamost_rrnet.cli import train
 
-    app.command("train")(train.train_command)
+    app.command("train", context_settings=train.CONTEXT_SETTINGS)(train.train_command)
     from lamost_rrnet.cli import calibrate
 
     app.command("calibrate")(calibrate.calibrate_command)

@@ -3,42 +3,53 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from lamost_rrnet.cli.common import info, options
+from lamost_rrnet.cli.common import (
+    BatchSize,
+    ModelArgument,
+    Overwrite,
+    check_split,
+    info,
+    options,
+    output_option,
+)
 
-
-def calibrate_command(
-    ctx: typer.Context,
-    model: str = typer.Argument(
-        ...,
-        metavar="MODEL",
-        help="Registry name, model directory or published-layout directory.",
-    ),
-    dataset: Path = typer.Argument(
-        ...,
+Dataset = Annotated[
+    Path,
+    typer.Argument(
         exists=True,
         dir_okay=False,
         metavar="DATASET",
         help="Labelled dataset (.h5) written by prepare.",
     ),
-    output: Path = typer.Option(
-        ..., "-o", "--output", help="Directory for the calibrated model (a new model directory)."
-    ),
-    split: str = typer.Option("valid", "--split", help="Split to fit on: train, valid or test."),
-    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Spectra per model batch."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+]
+Output = Annotated[
+    Path, output_option("Directory for the calibrated model (a new model directory).")
+]
+Split = Annotated[
+    str,
+    typer.Option("--split", callback=check_split, help="Split to fit on: train, valid or test."),
+]
+
+
+def calibrate_command(
+    ctx: typer.Context,
+    model: ModelArgument,
+    dataset: Dataset,
+    output: Output,
+    split: Split = "valid",
+    batch_size: BatchSize = 256,
+    overwrite: Overwrite = False,
 ) -> None:
     """Fit one σ scale per label so that z = (pred − true)/σ has std 1 on the dataset's split,
     and write the model with these scales as a new model directory (a new version)."""
     from rich.markup import escape
 
     from lamost_rrnet.calibration import calibrate_model, describe
-    from lamost_rrnet.dataset import SPLITS
 
-    if split not in SPLITS:
-        raise typer.BadParameter(f"{split!r}: use train, valid or test", param_hint="--split")
     opts = options(ctx)
     calibrated = calibrate_model(
         model,

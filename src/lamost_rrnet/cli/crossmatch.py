@@ -3,84 +3,177 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from lamost_rrnet.cli.common import detail, info, options
+from lamost_rrnet.cli.common import Overwrite, detail, info, options, output_option
+
+if TYPE_CHECKING:
+    from lamost_rrnet.crossmatch import CrossmatchResult, Cuts
 
 
-def crossmatch_command(
-    ctx: typer.Context,
-    catalogue: Path = typer.Argument(
-        ..., exists=True, dir_okay=False, help="LAMOST MRS catalogue (CSV, FITS, Parquet, ECSV)."
+def _label_names(text: str | None) -> list[str]:
+    """``--label-names Teff[K],FeH`` → the labels to keep (default: all of them)."""
+    from lamost_rrnet.labels import CATALOGUE_LABELS
+
+    if not text:
+        return list(CATALOGUE_LABELS)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CATALOGUE_LABELS]
+    if unknown or not names:
+        raise typer.BadParameter(
+            f"unknown label(s) {', '.join(unknown)}: use {', '.join(CATALOGUE_LABELS)}",
+            param_hint="--label-names",
+        )
+    return names
+
+
+def _cuts(
+    snr_min: float,
+    teff: tuple[float, float] | None,
+    quality_good: list[str] | None,
+    keep_nan_labels: bool,
+) -> Cuts:
+    """The quality cuts of the options; ``teff`` or ``quality_good`` None switches that one off."""
+    from lamost_rrnet.crossmatch import Cuts
+
+    if teff is not None and teff[0] >= teff[1]:
+        raise typer.BadParameter(
+            f"{teff[0]:g} {teff[1]:g}: MIN must be below MAX", param_hint="--teff"
+        )
+    return Cuts(
+        snr_min=snr_min or None,
+        teff_range=None if teff is None else (float(teff[0]), float(teff[1])),
+        quality_good=None if quality_good is None else tuple(quality_good),
+        drop_nan_labels=not keep_nan_labels,
+    )
+
+
+def _report(ctx: typer.Context, result: CrossmatchResult) -> None:
+    """On stderr: the notes, with --verbose the column mappings and the ambiguous matches,
+    and the count of spectra and stars after each step."""
+    from rich.table import Table as RichTable
+
+    from lamost_rrnet.progress import stderr_console
+
+    for note in result.notes:
+        info(ctx, note)
+    for side, mapping in result.mapping.items():
+        pairs = ", ".join(
+            f"{k}←{v}" + (f" ({result.reasons[k]})" if k in result.reasons else "")
+            for k, v in mapping.items()
+        )
+        detail(ctx, f"{side} columns: {pairs}")
+    for row in result.ambiguous[:20]:
+        detail(
+            ctx,
+            f"  ambiguous: obsid {row['obsid']} {row['filename']}: "
+            f"{row['n_candidates']} stars, nearest {row['star_id']} "
+            f'at {row["separation_arcsec"]:.2f}"',
+        )
+    if not options(ctx).quiet:
+        summary = RichTable(title="crossmatch", title_justify="left")
+        summary.add_column("step")
+        summary.add_column("spectra", justify="right")
+        summary.add_column("stars", justify="right")
+        for step, n_spec, n_star in result.counts:
+            summary.add_row(
+                step,
+                "–" if n_spec is None else f"{n_spec:,}",
+                "–" if n_star is None else f"{n_star:,}",
+            )
+        stderr_console.print(summary)
+
+
+Catalogue = Annotated[
+    Path,
+    typer.Argument(
+        exists=True, dir_okay=False, help="LAMOST MRS catalogue (CSV, FITS, Parquet, ECSV)."
     ),
-    output: Path = typer.Option(
-        ...,
-        "-o",
-        "--output",
-        dir_okay=False,
-        help="Reference table (.fits, .csv, .ecsv, .parquet).",
+]
+Output = Annotated[
+    Path, output_option("Reference table (.fits, .csv, .ecsv, .parquet).", dir_okay=False)
+]
+Labels = Annotated[
+    str,
+    typer.Option(
+        "--labels", help="Named label catalogue fetched from VizieR (cached): apogee-payne."
     ),
-    labels: str = typer.Option(
-        "apogee-payne",
-        "--labels",
-        help="Named label catalogue fetched from VizieR (cached): apogee-payne.",
-    ),
-    labels_file: Path | None = typer.Option(
-        None,
+]
+LabelsFile = Annotated[
+    Path | None,
+    typer.Option(
         "--labels-file",
         exists=True,
         dir_okay=False,
         help="A local label catalogue instead (names as simulate's labels.csv).",
     ),
-    column: list[str] = typer.Option(
-        [], "--column", help="Rename a LAMOST column: NAME=SOURCE (repeatable)."
-    ),
-    map_file: Path | None = typer.Option(
-        None,
+]
+Column = Annotated[
+    list[str],
+    typer.Option("--column", help="Rename a LAMOST column: NAME=SOURCE (repeatable)."),
+]
+MapFile = Annotated[
+    Path | None,
+    typer.Option(
         "--map",
         exists=True,
         dir_okay=False,
         help="YAML map NAME: SOURCE (flat, or 'lamost:'/'labels:' sections).",
     ),
-    label_names: str | None = typer.Option(
-        None, "--label-names", help="Comma-separated labels to keep (default: all 17)."
-    ),
-    radius: float = typer.Option(3.0, "--radius", help="Match radius, arcsec (> 0)."),
-    snr_min: float = typer.Option(
-        10.0, "--snr-min", min=0, help="Minimum S/N in both arms (0: no cut)."
-    ),
-    teff: tuple[float, float] = typer.Option(
-        (4000.0, 6500.0), "--teff", help="Teff range kept, K (MIN MAX)."
-    ),
-    no_teff_cut: bool = typer.Option(False, "--no-teff-cut", help="Keep every Teff."),
-    quality_good: list[str] = typer.Option(
-        ["good"], "--quality-good", help="Quality-flag value(s) that count as good."
-    ),
-    no_quality_cut: bool = typer.Option(False, "--no-quality-cut", help="Keep every quality flag."),
-    keep_nan_labels: bool = typer.Option(
-        False, "--keep-nan-labels", help="Keep rows with NaN labels."
-    ),
-    refresh: bool = typer.Option(
-        False, "--refresh", help="Fetch the VizieR catalogue again instead of using the cache."
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+]
+LabelNames = Annotated[
+    str | None,
+    typer.Option("--label-names", help="Comma-separated labels to keep (default: all 17)."),
+]
+Radius = Annotated[float, typer.Option("--radius", help="Match radius, arcsec (> 0).")]
+SnrMin = Annotated[
+    float, typer.Option("--snr-min", min=0, help="Minimum S/N in both arms (0: no cut).")
+]
+Teff = Annotated[tuple[float, float], typer.Option("--teff", help="Teff range kept, K (MIN MAX).")]
+NoTeffCut = Annotated[bool, typer.Option("--no-teff-cut", help="Keep every Teff.")]
+QualityGood = Annotated[
+    list[str], typer.Option("--quality-good", help="Quality-flag value(s) that count as good.")
+]
+NoQualityCut = Annotated[bool, typer.Option("--no-quality-cut", help="Keep every quality flag.")]
+KeepNanLabels = Annotated[
+    bool, typer.Option("--keep-nan-labels", help="Keep rows with NaN labels.")
+]
+Refresh = Annotated[
+    bool,
+    typer.Option("--refresh", help="Fetch the VizieR catalogue again instead of using the cache."),
+]
+
+
+def crossmatch_command(
+    ctx: typer.Context,
+    catalogue: Catalogue,
+    output: Output,
+    labels: Labels = "apogee-payne",
+    labels_file: LabelsFile = None,
+    column: Column = (),
+    map_file: MapFile = None,
+    label_names: LabelNames = None,
+    radius: Radius = 3.0,
+    snr_min: SnrMin = 10.0,
+    teff: Teff = (4000.0, 6500.0),
+    no_teff_cut: NoTeffCut = False,
+    quality_good: QualityGood = ("good",),
+    no_quality_cut: NoQualityCut = False,
+    keep_nan_labels: KeepNanLabels = False,
+    refresh: Refresh = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Match LAMOST spectra to label stars on the sky, apply the cuts, write the reference table."""
-    from rich.table import Table as RichTable
-
     from lamost_rrnet.crossmatch import (
-        LAMOST_COLUMNS,
-        Cuts,
+        check_reference_output,
         crossmatch,
         parse_column_pairs,
         write_reference,
     )
-    from lamost_rrnet.labels import CATALOGUE_LABELS
-    from lamost_rrnet.progress import stderr_console
     from lamost_rrnet.vizier import LABEL_SOURCES
 
-    opts = options(ctx)
     if labels not in LABEL_SOURCES:
         raise typer.BadParameter(
             f"{labels!r}: use one of {', '.join(LABEL_SOURCES)}", param_hint="--labels"
@@ -91,37 +184,16 @@ def crossmatch_command(
         columns = parse_column_pairs(column)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--column") from exc
-    unknown = sorted(set(columns) - set(LAMOST_COLUMNS))
-    if unknown:
-        raise typer.BadParameter(
-            f"unknown column name(s) {', '.join(unknown)}: use {', '.join(LAMOST_COLUMNS)}",
-            param_hint="--column",
-        )
-    names = list(CATALOGUE_LABELS)
-    if label_names:
-        names = [n.strip() for n in label_names.split(",") if n.strip()]
-        unknown = [n for n in names if n not in CATALOGUE_LABELS]
-        if unknown or not names:
-            raise typer.BadParameter(
-                f"unknown label(s) {', '.join(unknown)}: use {', '.join(CATALOGUE_LABELS)}",
-                param_hint="--label-names",
-            )
     if radius <= 0:
         raise typer.BadParameter(f"{radius:g}: must be above 0", param_hint="--radius")
-    if not no_teff_cut and teff[0] >= teff[1]:
-        raise typer.BadParameter(
-            f"{teff[0]:g} {teff[1]:g}: MIN must be below MAX", param_hint="--teff"
-        )
-    if output.exists() and not overwrite:
-        from lamost_rrnet.errors import OutputExistsError
-
-        raise OutputExistsError(f"{output}: exists; use --overwrite")
-    cuts = Cuts(
-        snr_min=snr_min or None,
-        teff_range=None if no_teff_cut else (float(teff[0]), float(teff[1])),
-        quality_good=None if no_quality_cut else tuple(quality_good),
-        drop_nan_labels=not keep_nan_labels,
+    names = _label_names(label_names)
+    cuts = _cuts(
+        snr_min,
+        None if no_teff_cut else teff,
+        None if no_quality_cut else quality_good,
+        keep_nan_labels,
     )
+    check_reference_output(output, overwrite=overwrite)
     if labels_file is None:
         info(ctx, f"label catalogue: {labels} (VizieR {LABEL_SOURCES[labels]}, cached)")
     result = crossmatch(
@@ -135,33 +207,6 @@ def crossmatch_command(
         cuts=cuts,
         refresh=refresh,
     )
-    for note in result.notes:
-        info(ctx, note)
-    for side, mapping in result.mapping.items():
-        pairs = ", ".join(
-            f"{k}←{v}" + (f" ({result.reasons[k]})" if k in result.reasons else "")
-            for k, v in mapping.items()
-        )
-        detail(ctx, f"{side} columns: {pairs}")
-    if opts.verbose and len(result.ambiguous):
-        amb = result.ambiguous
-        for row in amb[:20]:
-            stderr_console.print(
-                f"  ambiguous: obsid {row['obsid']} {row['filename']}: "
-                f"{row['n_candidates']} stars, nearest {row['star_id']} "
-                f'at {row["separation_arcsec"]:.2f}"'
-            )
-    if not opts.quiet:
-        summary = RichTable(title="crossmatch", title_justify="left")
-        summary.add_column("step")
-        summary.add_column("spectra", justify="right")
-        summary.add_column("stars", justify="right")
-        for step, n_spec, n_star in result.counts:
-            summary.add_row(
-                step,
-                "–" if n_spec is None else f"{n_spec:,}",
-                "–" if n_star is None else f"{n_star:,}",
-            )
-        stderr_console.print(summary)
+    _report(ctx, result)
     write_reference(result.table, output, overwrite=overwrite)
     info(ctx, f"reference table: {len(result.table):,} spectra written to {output}")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-NEXT_STEPS = """\
+from lamost_rrnet.cli.common import Overwrite, Seed, info, options
+from lamost_rrnet.names import DEFAULT_MODEL
+
+NEXT_STEPS = f"""\
 Next, on real LAMOST MRS spectra:
   lamost-rrnet predict their/*.fits -o catalogue.fits
-      runs the published RRNet ensemble (rrnet2022), downloaded once into the user cache
+      runs the published RRNet ensemble ({DEFAULT_MODEL}), downloaded once into the user cache
   retraining on your own reference set:
       lamost-rrnet crossmatch lamost_catalogue.csv --labels apogee-payne -o reference.fits
       lamost-rrnet prepare reference.fits --spectra-root spectra/ -o dataset.h5
@@ -17,23 +21,29 @@ Next, on real LAMOST MRS spectra:
       lamost-rrnet evaluate dataset.h5 --model mymodel/ --split test -o report/"""
 
 
+Out = Annotated[Path, typer.Option("--out", "-o", help="Folder for everything.")]
+Stars = Annotated[
+    int | None,
+    typer.Option("--stars", min=50, help="Simulated stars (default 1200, 300 with --quick)."),
+]
+Quick = Annotated[bool, typer.Option("--quick", help="A smaller run: under a minute.")]
+
+
 def demo_command(
     ctx: typer.Context,
-    out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for everything."),
-    stars: int | None = typer.Option(
-        None, "--stars", min=50, help="Simulated stars (default 1200, 300 with --quick)."
-    ),
-    quick: bool = typer.Option(False, "--quick", help="A smaller run: under a minute."),
-    seed: int = typer.Option(1, "--seed", help="Seed of the simulation and the training."),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace the products of an earlier demo in --out."
-    ),
+    out: Out = Path("demo"),
+    stars: Stars = None,
+    quick: Quick = False,
+    seed: Seed = 1,
+    overwrite: Overwrite = False,
 ) -> None:
-    """Run the whole job offline on built-in simulated data, and show where the results are."""
+    """Run the whole job offline on built-in simulated data, and show where the results are.
+
+    --overwrite replaces only the products of an earlier demo in --out.
+    """
     from rich.console import Console
     from rich.table import Table
 
-    from lamost_rrnet.cli.common import info, options
     from lamost_rrnet.demo import DemoSettings, run_demo
     from lamost_rrnet.labels import unit
 

@@ -4,90 +4,130 @@ catalogue against another survey's labels."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from lamost_rrnet.cli.common import BatchSize, Models, check_split, info, options
+from lamost_rrnet.names import DEFAULT_MODEL
 
-def evaluate_command(
-    ctx: typer.Context,
-    source: Path = typer.Argument(
-        ...,
+
+def _refuse_with_reference(**options_given: object) -> None:
+    """With --reference the source is a catalogue, which holds its predictions already."""
+    given = ["--" + name for name, value in options_given.items() if value]
+    if given:
+        raise typer.BadParameter(
+            f"{', '.join(given)} cannot be used with --reference (catalogues hold predictions)"
+        )
+
+
+def _saliency_ranges(saliency: str | None, no_plots: bool) -> list[tuple[float, float]]:
+    """The true-Teff ranges of ``--saliency LO:HI,...`` (none when not given)."""
+    if saliency is None:
+        return []
+    if no_plots:
+        raise typer.BadParameter("--saliency draws a figure: drop --no-plots")
+    from lamost_rrnet.evaluate.saliency import parse_ranges
+
+    try:
+        return parse_ranges(saliency)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--saliency") from exc
+
+
+def _check_match(value: str | None) -> str | None:
+    if value is None:
+        return value
+    from lamost_rrnet.evaluate.compare import MATCH_MODES
+
+    if value not in MATCH_MODES:
+        raise typer.BadParameter(f"{value!r}: use {' or '.join(MATCH_MODES)}")
+    return value
+
+
+Source = Annotated[
+    Path,
+    typer.Argument(
         exists=True,
         dir_okay=False,
         metavar="DATASET_OR_CATALOGUE",
         help="A prepared dataset (.h5), or with --reference a catalogue (FITS, CSV, Parquet).",
     ),
-    model: list[str] | None = typer.Option(
-        None,
-        "--model",
-        "-m",
-        metavar="MODEL",
-        help="Registry name or model directory; repeat to compare models. Default: rrnet2022.",
+]
+Split = Annotated[
+    str | None,
+    typer.Option(
+        "--split",
+        metavar="SPLIT",
+        callback=check_split,
+        help="train, valid or test (default test).",
     ),
-    split: str | None = typer.Option(
-        None, "--split", metavar="SPLIT", help="train, valid or test (default test)."
-    ),
-    out: Path = typer.Option(
-        Path("report"), "--out", "-o", metavar="DIR", help="Report directory."
-    ),
-    label: list[str] | None = typer.Option(
-        None,
+]
+Out = Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Report directory.")]
+Label = Annotated[
+    list[str] | None,
+    typer.Option(
         "--label",
         metavar="LABEL",
         help="Evaluate only this label (repeatable), e.g. Teff[K], FeH.",
     ),
-    reference: Path | None = typer.Option(
-        None,
+]
+Reference = Annotated[
+    Path | None,
+    typer.Option(
         "--reference",
         exists=True,
         dir_okay=False,
         help="Compare the catalogue DATASET_OR_CATALOGUE with this one (Table 2 style).",
     ),
-    match: str | None = typer.Option(
-        None,
+]
+Match = Annotated[
+    str | None,
+    typer.Option(
         "--match",
         metavar="obsid|sky",
+        callback=_check_match,
         help="With --reference: match rows by obsid (default) or sky.",
     ),
-    max_separation: float = typer.Option(
-        3.0, "--max-separation", min=0.0, help="With --match sky: largest separation (arcsec)."
+]
+MaxSeparation = Annotated[
+    float,
+    typer.Option(
+        "--max-separation", min=0.0, help="With --match sky: largest separation (arcsec)."
     ),
-    saliency: str | None = typer.Option(
-        None,
+]
+Saliency = Annotated[
+    str | None,
+    typer.Option(
         "--saliency",
         metavar="LO:HI,...",
         help="True-Teff ranges LO:HI,... for the saliency figure, e.g. 4000:4300,6000:6300.",
     ),
-    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Spectra per batch."),
-    no_plots: bool = typer.Option(False, "--no-plots", help="Write the tables only."),
-    html: bool = typer.Option(False, "--html", help="Also write index.html."),
+]
+NoPlots = Annotated[bool, typer.Option("--no-plots", help="Write the tables only.")]
+Html = Annotated[bool, typer.Option("--html", help="Also write index.html.")]
+
+
+def evaluate_command(
+    ctx: typer.Context,
+    source: Source,
+    model: Models = None,
+    split: Split = None,
+    out: Out = Path("report"),
+    label: Label = None,
+    reference: Reference = None,
+    match: Match = None,
+    max_separation: MaxSeparation = 3.0,
+    saliency: Saliency = None,
+    batch_size: BatchSize = 256,
+    no_plots: NoPlots = False,
+    html: Html = False,
 ) -> None:
     """Write metrics.csv, metrics.json, index.md and figures into the report directory."""
-    from lamost_rrnet.cli.common import info, options
-    from lamost_rrnet.dataset import SPLITS
-    from lamost_rrnet.evaluate.compare import MATCH_MODES
-
-    if match is not None and match not in MATCH_MODES:
-        raise typer.BadParameter(f"{match!r}: use obsid or sky", param_hint="--match")
-    if split is not None and split not in SPLITS:
-        raise typer.BadParameter(f"{split!r}: use train, valid or test", param_hint="--split")
     if reference is not None:
-        given = [
-            name
-            for name, value in (
-                ("--model", model),
-                ("--split", split),
-                ("--saliency", saliency),
-                ("--label", label),
-            )
-            if value
-        ]
-        if given:
-            raise typer.BadParameter(
-                f"{', '.join(given)} cannot be used with --reference (catalogues hold predictions)"
-            )
         from lamost_rrnet.evaluate.compare import evaluate_catalogue
 
+        _refuse_with_reference(model=model, split=split, saliency=saliency, label=label)
         result = evaluate_catalogue(
             source,
             reference,
@@ -97,34 +137,23 @@ def evaluate_command(
             figures=not no_plots,
             html=html,
         )
-        info(ctx, f"report written to {result.out_dir / 'index.md'}")
-        return
-    if match is not None:
-        raise typer.BadParameter("--match needs --reference", param_hint="--match")
-    if saliency is not None and no_plots:
-        raise typer.BadParameter("--saliency draws a figure: drop --no-plots")
-    ranges = []
-    if saliency is not None:
-        from lamost_rrnet.evaluate.saliency import parse_ranges
+    else:
+        from lamost_rrnet.evaluate.runner import evaluate_dataset
 
-        try:
-            ranges = parse_ranges(saliency)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--saliency") from exc
-    from lamost_rrnet.evaluate.runner import evaluate_dataset
-
-    opts = options(ctx)
-    result = evaluate_dataset(
-        source,
-        model or ["rrnet2022"],
-        split or "test",
-        out,
-        labels=label,
-        batch_size=batch_size,
-        device=opts.device,
-        saliency_ranges=ranges,
-        figures=not no_plots,
-        html=html,
-        progress=not opts.quiet,
-    )
+        if match is not None:
+            raise typer.BadParameter("--match needs --reference", param_hint="--match")
+        opts = options(ctx)
+        result = evaluate_dataset(
+            source,
+            model or [DEFAULT_MODEL],
+            split or "test",
+            out,
+            labels=label,
+            batch_size=batch_size,
+            device=opts.device,
+            saliency_ranges=_saliency_ranges(saliency, no_plots),
+            figures=not no_plots,
+            html=html,
+            progress=not opts.quiet,
+        )
     info(ctx, f"report written to {result.out_dir / 'index.md'}")

@@ -3,25 +3,39 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
+
+from lamost_rrnet.cli.common import info
+
+SpectrumFile = Annotated[
+    Path, typer.Argument(exists=True, dir_okay=False, help="A LAMOST MRS FITS file.")
+]
+Rv = Annotated[float, typer.Option("--rv", help="Radial velocity (km/s) for the rest frame.")]
+Blue = Annotated[str, typer.Option("--blue", help="Blue extension to preprocess.")]
+Red = Annotated[str, typer.Option("--red", help="Red extension to preprocess.")]
+Plot = Annotated[
+    Path | None, typer.Option("--plot", help="Write a PNG of raw and normalized flux.")
+]
+Save = Annotated[
+    Path | None,
+    typer.Option(
+        "--save", help="Write the normalized spectrum (wavelength, flux) as .csv or .fits."
+    ),
+]
 
 
 def inspect_command(
     ctx: typer.Context,
-    path: Path = typer.Argument(..., exists=True, dir_okay=False, help="A LAMOST MRS FITS file."),
-    rv: float = typer.Option(0.0, "--rv", help="Radial velocity (km/s) for the rest frame."),
-    blue: str = typer.Option("COADD_B", "--blue", help="Blue extension to preprocess."),
-    red: str = typer.Option("COADD_R", "--red", help="Red extension to preprocess."),
-    plot: Path | None = typer.Option(
-        None, "--plot", help="Write a PNG of raw and normalized flux."
-    ),
-    save: Path | None = typer.Option(
-        None, "--save", help="Write the normalized spectrum (wavelength, flux) as .csv or .fits."
-    ),
+    path: SpectrumFile,
+    rv: Rv = 0.0,
+    blue: Blue = "COADD_B",
+    red: Red = "COADD_R",
+    plot: Plot = None,
+    save: Save = None,
 ) -> None:
     """Summarize an MRS file on stdout; optionally plot or save its normalized spectrum."""
-    from lamost_rrnet.cli.common import info
     from lamost_rrnet.spectra.io import read_mrs
     from lamost_rrnet.spectra.preprocess import RRNET2022, preprocess
     from lamost_rrnet.spectra.summary import summary_text

@@ -3,30 +3,37 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from lamost_rrnet.cli.common import info, options
+from lamost_rrnet.cli.common import Overwrite, info, options, output_option
 
-
-def merge_command(
-    ctx: typer.Context,
-    parts: list[Path] = typer.Argument(
-        ...,
+Parts = Annotated[
+    list[Path],
+    typer.Argument(
         exists=True,
         metavar="PARTS",
         help="Catalogues (.fits, .parquet) or directories of them (their *.fits, *.parquet).",
     ),
-    output: str = typer.Option(
-        ..., "-o", "--output", help="The merged catalogue: .fits, .csv or .parquet."
-    ),
-    shards: int | None = typer.Option(
-        None,
+]
+Output = Annotated[str, output_option("The merged catalogue: .fits, .csv or .parquet.")]
+Shards = Annotated[
+    int | None,
+    typer.Option(
         "--shards",
         min=1,
         help="The run had N shards (predict --shard K/N): refuse unless each is there once.",
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+]
+
+
+def merge_command(
+    ctx: typer.Context,
+    parts: Parts,
+    output: Output,
+    shards: Shards = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Merge the finished catalogues of one run (its shards) into one catalogue; refuse mixed
     models or settings, unfinished parts, repeated rows and, with --shards, missing shards."""

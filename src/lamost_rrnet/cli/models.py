@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 app = typer.Typer(
@@ -20,7 +22,9 @@ def _known(name: str) -> str:
     return name
 
 
-NAME = typer.Argument(..., callback=_known, help="A model name from `lamost-rrnet models list`.")
+Name = Annotated[
+    str, typer.Argument(callback=_known, help="A model name from `lamost-rrnet models list`.")
+]
 
 
 def _size(n: float) -> str:
@@ -52,7 +56,7 @@ def list_command() -> None:
 
 
 @app.command("download")
-def download_command(ctx: typer.Context, name: str = NAME) -> None:
+def download_command(ctx: typer.Context, name: Name) -> None:
     """Fetch and verify a model into the cache now (for compute nodes without internet)."""
     from lamost_rrnet.cli.common import info, options
     from lamost_rrnet.download import fetch
@@ -63,7 +67,7 @@ def download_command(ctx: typer.Context, name: str = NAME) -> None:
 
 
 @app.command("path")
-def path_command(name: str = NAME) -> None:
+def path_command(name: Name) -> None:
     """Print the cache directory of a model (where its files are, or will be)."""
     from lamost_rrnet.hub import model_cache_dir
 
@@ -71,7 +75,7 @@ def path_command(name: str = NAME) -> None:
 
 
 @app.command("verify")
-def verify_command(ctx: typer.Context, name: str = NAME) -> None:
+def verify_command(ctx: typer.Context, name: Name) -> None:
     """Re-hash a model's cached files; exit 1 unless all are ok.
 
     One line per file on stdout: ok, missing or mismatch, a tab, the path.

@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from lamost_rrnet.cli.common import MAX_FILE_MB
+from lamost_rrnet.cli.common import (
+    MAX_FILE_MB,
+    BatchSize,
+    MaxFileMB,
+    Model,
+    Overwrite,
+    Resume,
+    check_resume_overwrite,
+    info,
+    options,
+    output_option,
+)
+from lamost_rrnet.names import DEFAULT_MODEL
 
 _OUTPUT_HELP = (
     "Catalogue to write: .fits, .csv or .parquet; '-' writes CSV to stdout. Without it, CSV "
@@ -21,39 +34,42 @@ def _check_paths(paths: list[str]) -> None:
             raise typer.BadParameter(f"{path}: no such file or directory", param_hint="PATHS")
 
 
-def predict_command(
-    ctx: typer.Context,
-    paths: list[str] = typer.Argument(
-        None,
+Paths = Annotated[
+    list[str] | None,
+    typer.Argument(
         help="MRS files, directories (searched for *.fits, *.fits.gz) or quoted glob patterns.",
         show_default=False,
     ),
-    list_file: Path | None = typer.Option(
-        None,
+]
+ListFile = Annotated[
+    Path | None,
+    typer.Option(
         "--list",
         exists=True,
         dir_okay=False,
         help="A file with one input path per line (any bytes but newline; # comments).",
     ),
-    output: str = typer.Option("-", "-o", "--output", help=_OUTPUT_HELP),
-    catalogue: Path | None = typer.Option(
-        None,
+]
+Output = Annotated[str, output_option(_OUTPUT_HELP)]
+Catalogue = Annotated[
+    Path | None,
+    typer.Option(
         "--catalogue",
         exists=True,
         dir_okay=False,
         help="LAMOST catalogue (CSV/FITS/Parquet) with the RVs, joined by obsid or file name.",
     ),
-    rv_column: str | None = typer.Option(
-        None,
+]
+RvColumn = Annotated[
+    str | None,
+    typer.Option(
         "--rv-column",
         help="RV column of --catalogue (default: first of rv, rv_ku0, rv_br0, rv_lasp0).",
     ),
-    model: str = typer.Option(
-        "rrnet2022", "--model", help="Registry name, model directory or published-layout directory."
-    ),
-    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Spectra per model batch."),
-    workers: int | None = typer.Option(
-        None,
+]
+Workers = Annotated[
+    int | None,
+    typer.Option(
         "--workers",
         min=0,
         help=(
@@ -63,28 +79,28 @@ def predict_command(
         ),
         show_default=False,
     ),
-    dask: str | None = typer.Option(
-        None,
+]
+Dask = Annotated[
+    str | None,
+    typer.Option(
         "--dask",
         metavar="ADDRESS",
         help="Run on Dask: tcp://scheduler:8786, or local[:N] for N local worker processes.",
     ),
-    exposures: bool = typer.Option(
-        False, "--exposures", help="One row per single exposure instead of per coadd."
-    ),
-    resume: bool = typer.Option(
-        False,
-        "--resume",
-        help="Continue a killed run, or add new inputs to a .fits or .parquet output.",
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
-    raw_sigma: bool = typer.Option(
-        False,
+]
+Exposures = Annotated[
+    bool, typer.Option("--exposures", help="One row per single exposure instead of per coadd.")
+]
+RawSigma = Annotated[
+    bool,
+    typer.Option(
         "--raw-sigma",
         help="Write the ensemble's uncalibrated σ instead of the model's calibrated σ.",
     ),
-    shard: str | None = typer.Option(
-        None,
+]
+InputShard = Annotated[
+    str | None,
+    typer.Option(
         "--shard",
         help=(
             "K/N: take only the inputs in shard K of N (blake2b-64 of each input's path, mod "
@@ -93,17 +109,32 @@ def predict_command(
         ),
         show_default=False,
     ),
-    max_file_mb: float = typer.Option(
-        MAX_FILE_MB,
-        "--max-file-mb",
-        min=1,
-        help="Most a spectrum file may hold decompressed, in MB; a larger file is a too_large row.",
-    ),
+]
+
+
+def predict_command(
+    ctx: typer.Context,
+    paths: Paths = None,
+    list_file: ListFile = None,
+    output: Output = "-",
+    catalogue: Catalogue = None,
+    rv_column: RvColumn = None,
+    model: Model = DEFAULT_MODEL,
+    batch_size: BatchSize = 256,
+    workers: Workers = None,
+    dask: Dask = None,
+    exposures: Exposures = False,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    raw_sigma: RawSigma = False,
+    shard: InputShard = None,
+    max_file_mb: MaxFileMB = MAX_FILE_MB,
 ) -> None:
-    """Estimate Teff, log g and 15 abundances for LAMOST MRS spectra; write the catalogue."""
+    """Estimate Teff, log g and 15 abundances for LAMOST MRS spectra; write the catalogue.
+
+    With --resume, a .fits or .parquet output also takes inputs that it does not hold yet.
+    """
     from lamost_rrnet.catalogue import output_format
-    from lamost_rrnet.cli.common import info, options
-    from lamost_rrnet.inputs import Shard
     from lamost_rrnet.predict import predict_files
 
     paths = paths or []
@@ -114,12 +145,7 @@ def predict_command(
         output_format(output)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--output") from exc
-    if resume and overwrite:
-        raise typer.BadParameter("use either --resume or --overwrite", param_hint="--resume")
-    if output == "-" and (resume or overwrite):
-        raise typer.BadParameter("needs an output file, not stdout", param_hint="--resume")
-    if shard is not None:
-        shard = Shard.parse(shard)
+    check_resume_overwrite(resume, overwrite)
     opts = options(ctx)
     summary = predict_files(
         paths,

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from lamost_rrnet.cli.common import MAX_FILE_MB, info, options
+from lamost_rrnet.cli.common import (
+    MAX_FILE_MB,
+    MaxFileMB,
+    Overwrite,
+    Resume,
+    Seed,
+    check_resume_overwrite,
+    info,
+    options,
+    output_option,
+)
+from lamost_rrnet.spectra.preprocess import RRNET2022, load_spec
 
 
 def parse_split(text: str) -> tuple[float, float, float]:
@@ -25,79 +37,64 @@ def parse_split(text: str) -> tuple[float, float, float]:
     return values[0] / total, values[1] / total, values[2] / total
 
 
-def load_spec(value: str):
-    """``rrnet2022``, or a YAML/JSON file holding a spec (or a model.yaml with one)."""
-    import yaml
-
-    from lamost_rrnet.errors import RRNetError
-    from lamost_rrnet.spectra.preprocess import RRNET2022, PreprocessSpec
-
-    if value == RRNET2022.name:
-        return RRNET2022
-    path = Path(value)
-    if not path.is_file():
-        raise typer.BadParameter(
-            f"{value!r}: use rrnet2022 or an existing spec file", param_hint="--preprocessing"
-        )
-    try:
-        data = yaml.safe_load(path.read_text())
-        data = data.get("preprocessing", data)
-        return PreprocessSpec.from_dict(data)
-    except (OSError, yaml.YAMLError, AttributeError, TypeError) as exc:
-        raise RRNetError(f"{path}: not a preprocessing spec ({exc})") from exc
-
-
-def prepare_command(
-    ctx: typer.Context,
-    reference: Path = typer.Argument(
-        ..., exists=True, dir_okay=False, help="Reference table written by crossmatch."
-    ),
-    output: Path = typer.Option(..., "-o", "--output", dir_okay=False, help="Dataset (.h5)."),
-    spectra_root: Path | None = typer.Option(
-        None,
+Reference = Annotated[
+    Path,
+    typer.Argument(exists=True, dir_okay=False, help="Reference table written by crossmatch."),
+]
+Output = Annotated[Path, output_option("Dataset (.h5).", dir_okay=False)]
+SpectraRoot = Annotated[
+    Path | None,
+    typer.Option(
         "--spectra-root",
         exists=True,
         file_okay=False,
         help="Directory the table's file names are relative to (default: current directory).",
     ),
-    workers: int = typer.Option(2, "--workers", min=1, help="Worker processes."),
-    split: str = typer.Option("7:1:2", "--split", help="Train:valid:test by star."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the split by star."),
-    max_outliers: int = typer.Option(
-        100, "--max-outliers", min=0, help="Reject spectra with more outlier pixels."
-    ),
-    max_outlier_run: int = typer.Option(
-        30, "--max-outlier-run", min=0, help="Reject spectra with a longer run of outliers."
-    ),
-    preprocessing: str = typer.Option(
-        "rrnet2022", "--preprocessing", help="rrnet2022, or a YAML/JSON spec (or model.yaml)."
-    ),
-    max_file_mb: float = typer.Option(
-        MAX_FILE_MB,
-        "--max-file-mb",
-        min=1,
-        help="Most a spectrum file may hold decompressed, in MB; a larger file is rejected.",
-    ),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Start again from scratch."),
+]
+Workers = Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")]
+Split = Annotated[str, typer.Option("--split", help="Train:valid:test by star.")]
+MaxOutliers = Annotated[
+    int, typer.Option("--max-outliers", min=0, help="Reject spectra with more outlier pixels.")
+]
+MaxOutlierRun = Annotated[
+    int,
+    typer.Option("--max-outlier-run", min=0, help="Reject spectra with a longer run of outliers."),
+]
+Preprocessing = Annotated[
+    str,
+    typer.Option("--preprocessing", help=f"{RRNET2022.name}, or a YAML/JSON spec (or model.yaml)."),
+]
+
+
+def prepare_command(
+    ctx: typer.Context,
+    reference: Reference,
+    output: Output,
+    spectra_root: SpectraRoot = None,
+    workers: Workers = 2,
+    split: Split = "7:1:2",
+    seed: Seed = 0,
+    max_outliers: MaxOutliers = 100,
+    max_outlier_run: MaxOutlierRun = 30,
+    preprocessing: Preprocessing = RRNET2022.name,
+    max_file_mb: MaxFileMB = MAX_FILE_MB,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Read, RV-correct, resample and normalize every spectrum of the table into a dataset."""
     from lamost_rrnet.prepare import Thresholds, prepare_dataset
 
-    if resume and overwrite:
-        raise typer.BadParameter("give --resume or --overwrite, not both", param_hint="--resume")
-    fractions = parse_split(split)
-    spec = load_spec(preprocessing)
+    check_resume_overwrite(resume, overwrite)
     opts = options(ctx)
     result = prepare_dataset(
         reference,
         output,
         spectra_root=spectra_root,
         workers=workers,
-        fractions=fractions,
+        fractions=parse_split(split),
         seed=seed,
         thresholds=Thresholds(max_outliers, max_outlier_run, int(max_file_mb * 2**20)),
-        spec=spec,
+        spec=load_spec(preprocessing),
         resume=resume,
         overwrite=overwrite,
         progress=not opts.quiet,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from lamost_rrnet.cli.common import info, options
+from lamost_rrnet.cli.common import Overwrite, Resume, Seed, check_resume_overwrite, info, options
 
 
 def parse_range(text: str, name: str) -> tuple[int, int]:
@@ -26,28 +27,42 @@ def parse_range(text: str, name: str) -> tuple[int, int]:
     return values[0], values[1]
 
 
+Out = Annotated[Path, typer.Argument(file_okay=False, metavar="OUT", help="Output directory.")]
+Stars = Annotated[int, typer.Option("--stars", min=1, help="Number of stars.")]
+Visits = Annotated[str, typer.Option("--visits", help="Visits (files) per star: N or LOW-HIGH.")]
+Snr = Annotated[
+    tuple[float, float],
+    typer.Option("--snr", help="Coadd S/N range (blue arm), drawn log-uniformly: LOW HIGH."),
+]
+Layout = Annotated[str, typer.Option("--layout", help="dr7 (LOGLAM) or dr9 (WAVELENGTH).")]
+NExposures = Annotated[
+    str, typer.Option("--n-exposures", help="Single exposures per file: N or LOW-HIGH.")
+]
+NoCompress = Annotated[bool, typer.Option("--no-compress", help="Write .fits, not .fits.gz.")]
+CosmicRate = Annotated[
+    float,
+    typer.Option("--cosmic-rate", min=0.0, help="Cosmic-ray hits per pixel and exposure."),
+]
+BadPixelRate = Annotated[
+    float,
+    typer.Option("--bad-pixel-rate", min=0.0, help="Bad-pixel runs per pixel (masked, IVAR = 0)."),
+]
+
+
 def simulate_command(
     ctx: typer.Context,
-    out: Path = typer.Argument(..., file_okay=False, metavar="OUT", help="Output directory."),
-    stars: int = typer.Option(2000, "--stars", min=1, help="Number of stars."),
-    visits: str = typer.Option("1-4", "--visits", help="Visits (files) per star: N or LOW-HIGH."),
-    snr: tuple[float, float] = typer.Option(
-        (10.0, 150.0), "--snr", help="Coadd S/N range (blue arm), drawn log-uniformly: LOW HIGH."
-    ),
-    seed: int = typer.Option(1, "--seed", help="Random seed: the same seed gives the same files."),
-    layout: str = typer.Option("dr7", "--layout", help="dr7 (LOGLAM) or dr9 (WAVELENGTH)."),
-    n_exposures: str = typer.Option(
-        "2-4", "--n-exposures", help="Single exposures per file: N or LOW-HIGH."
-    ),
-    no_compress: bool = typer.Option(False, "--no-compress", help="Write .fits, not .fits.gz."),
-    cosmic_rate: float = typer.Option(
-        5e-4, "--cosmic-rate", min=0.0, help="Cosmic-ray hits per pixel and exposure."
-    ),
-    bad_pixel_rate: float = typer.Option(
-        2e-4, "--bad-pixel-rate", min=0.0, help="Bad-pixel runs per pixel (masked, IVAR = 0)."
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier set in OUT."),
-    resume: bool = typer.Option(False, "--resume", help="Keep the files already in OUT."),
+    out: Out,
+    stars: Stars = 2000,
+    visits: Visits = "1-4",
+    snr: Snr = (10.0, 150.0),
+    seed: Seed = 1,
+    layout: Layout = "dr7",
+    n_exposures: NExposures = "2-4",
+    no_compress: NoCompress = False,
+    cosmic_rate: CosmicRate = 5e-4,
+    bad_pixel_rate: BadPixelRate = 2e-4,
+    overwrite: Overwrite = False,
+    resume: Resume = False,
 ) -> None:
     """Write simulated MRS files to OUT/spectra, OUT/lamost_catalogue.csv and OUT/labels.csv."""
     from lamost_rrnet.progress import make_progress
@@ -60,8 +75,7 @@ def simulate_command(
     layout = layout.lower()
     if layout not in ("dr7", "dr9"):
         raise typer.BadParameter(f"{layout!r}: use dr7 or dr9", param_hint="--layout")
-    if overwrite and resume:
-        raise typer.BadParameter("give --overwrite or --resume, not both", param_hint="--resume")
+    check_resume_overwrite(resume, overwrite)
     if out.exists() and not out.is_dir():
         raise typer.BadParameter(f"{out} is a file", param_hint="OUT")
     if out.is_dir() and any(out.iterdir()) and not (overwrite or resume):

@@ -8,61 +8,25 @@ pairs; the precedence is command line > environment > config file > default.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from lamost_rrnet.cli.common import info, options
+from lamost_rrnet.cli.common import (
+    BatchSize,
+    Overwrite,
+    Resume,
+    Seed,
+    check_resume_overwrite,
+    info,
+    option,
+    options,
+    output_option,
+)
+from lamost_rrnet.names import BUILTIN_GROUPS, GROUPS_PAPER, GROUPS_SINGLE
 
-ENV_PREFIX = "LAMOST_RRNET_TRAIN_"
-
-
-def _env(name: str) -> str:
-    return ENV_PREFIX + name.upper()
-
-
-def _option(default, *flags: str, **kwargs):
-    """A typer option that also reads ``LAMOST_RRNET_TRAIN_<NAME>``, named from its long flag."""
-    name = next(f for f in flags if f.startswith("--"))[2:].replace("-", "_")
-    return typer.Option(default, *flags, envvar=_env(name), show_envvar=False, **kwargs)
-
-
-def _load_config(ctx: typer.Context, param, value: Path | None) -> Path | None:
-    """Eager: the YAML file's values become the defaults of the other options, so that the
-    command line and the environment still override them."""
-    if value is None:
-        return value
-    import yaml
-
-    try:
-        data = yaml.safe_load(value.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise typer.BadParameter(f"{value}: cannot read it ({exc})", param_hint="--config") from exc
-    if not isinstance(data, dict):
-        raise typer.BadParameter(f"{value}: must map option names to values", param_hint="--config")
-    known = {p.name for p in ctx.command.params} - {"config", "dataset"}
-    defaults = {}
-    for key, item in data.items():
-        name = str(key).lstrip("-").replace("-", "_")
-        if name not in known:
-            raise typer.BadParameter(
-                f"{value}: unknown option {key!r} (known: {', '.join(sorted(known))})",
-                param_hint="--config",
-            )
-        if isinstance(item, list):
-            item = ",".join(str(v) for v in item)
-        defaults[name] = item
-    ctx.default_map = {**(ctx.default_map or {}), **defaults}
-    return value
-
-
-def _int_list(text: str, hint: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise typer.BadParameter(
-            f"{text!r}: use integers separated by commas", param_hint=hint
-        ) from None
-
+#: Click reads each option's ``LAMOST_RRNET_TRAIN_<NAME>`` (app.py registers the command so).
+CONTEXT_SETTINGS = {"auto_envvar_prefix": "LAMOST_RRNET_TRAIN"}
 
 #: Options of the networks' training that ``--arch cannon`` refuses when given.
 CANNON_REFUSES = (
@@ -84,6 +48,29 @@ CANNON_REFUSES = (
 )
 
 
+def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
+    """Eager: the YAML file's values become the defaults of the other options, so that the
+    command line and the environment still override them."""
+    if value is not None:
+        from lamost_rrnet.training.config import read_config
+
+        known = {p.name for p in ctx.command.params} - {"config", "dataset"}
+        ctx.default_map = {**(ctx.default_map or {}), **read_config(value, known)}
+    return value
+
+
+def _check_groups(value: str) -> str:
+    if value not in BUILTIN_GROUPS and not Path(value).is_file():
+        raise typer.BadParameter(f"{value!r}: use {', '.join(BUILTIN_GROUPS)} or a YAML file")
+    return value
+
+
+def _check_positive(value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"{value}: must be positive")
+    return value
+
+
 def _given(ctx: typer.Context, names) -> list[str]:
     """The flags (``--members``) of the options in ``names`` that the command line, the
     environment or --config set; an option left at its default is not given."""
@@ -96,69 +83,156 @@ def _given(ctx: typer.Context, names) -> list[str]:
     ]
 
 
-def train_command(
-    ctx: typer.Context,
-    dataset: Path = typer.Argument(
-        ..., exists=True, dir_okay=False, help="Dataset (.h5) written by prepare."
-    ),
-    output: Path = _option(..., "-o", "--output", file_okay=False, help="Model directory."),
-    members: int = _option(6, "--members", min=1, help="Members per label group."),
-    arch: str = _option(
-        "rrnet",
+def _arch_kwargs(nr: str | None, ns: int | None, mode: str | None, dropout: float | None) -> dict:
+    """The architecture's keyword arguments that the options give."""
+    kwargs: dict = {}
+    if nr is not None:
+        try:
+            kwargs["Nr"] = [int(v) for v in nr.split(",") if v.strip()]
+        except ValueError:
+            raise typer.BadParameter(
+                f"{nr!r}: use integers separated by commas", param_hint="--nr"
+            ) from None
+    for key, value in (("Ns", ns), ("mode", mode), ("dropout", dropout)):
+        if value is not None:
+            kwargs[key] = value
+    return kwargs
+
+
+def _device_list(devices: str | None) -> list[str] | None:
+    """``cuda:0,cuda:1`` → each device, checked; None when not given."""
+    from lamost_rrnet.devices import select_device
+
+    if not devices:
+        return None
+    names = [d.strip() for d in devices.split(",") if d.strip()]
+    for name in names:
+        try:
+            select_device(name)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--devices") from exc
+    return names
+
+
+def _fit_cannon(
+    ctx: typer.Context, dataset: Path, output: Path, groups: str, overwrite: bool, name: str | None
+) -> None:
+    """``--arch cannon``: refuse the networks' options, then fit; by default one group."""
+    from lamost_rrnet.training.cannon import train_cannon
+
+    given = _given(ctx, CANNON_REFUSES)
+    if given:
+        raise typer.BadParameter(
+            f"{', '.join(given)}: not for the Cannon, which is fitted, not trained",
+            param_hint="--arch cannon",
+        )
+    groups = groups if _given(ctx, ["groups"]) else GROUPS_SINGLE
+    progress = not options(ctx).quiet
+    train_cannon(dataset, output, groups, overwrite=overwrite, name=name, progress=progress)
+
+
+Dataset = Annotated[
+    Path, typer.Argument(exists=True, dir_okay=False, help="Dataset (.h5) written by prepare.")
+]
+Output = Annotated[Path, output_option("Model directory.", file_okay=False)]
+Members = Annotated[int, option("--members", min=1, help="Members per label group.")]
+Arch = Annotated[
+    str,
+    option(
         "--arch",
         help="rrnet, resnet, starnet, starnet-r, or cannon (a quadratic Cannon, fitted, not "
         "trained: no --members, --epochs or other training options).",
     ),
-    groups: str = _option(
-        "paper",
+]
+Groups = Annotated[
+    str,
+    option(
         "--groups",
+        callback=_check_groups,
         help="paper (SP: Teff, log g, [Fe/H]; CA: the rest), single, or a YAML file.",
     ),
-    recipe: str = _option(
-        "default",
+]
+RecipeName = Annotated[
+    str,
+    option(
         "--recipe",
         help="default (early stopping, weight decay, noise from each spectrum's ivar, "
         "augmentation) or paper (the published recipe).",
     ),
-    epochs: int = _option(30, "--epochs", min=1, help="At most this many epochs."),
-    batch_size: int = _option(256, "--batch-size", min=1),
-    lr: float | None = _option(None, "--lr", help="Learning rate (default: the recipe's)."),
-    noise_prob: float | None = _option(
-        None,
+]
+Epochs = Annotated[int, option("--epochs", min=1, help="At most this many epochs.")]
+LearningRate = Annotated[
+    float | None, option("--lr", help="Learning rate (default: the recipe's).")
+]
+NoiseProb = Annotated[
+    float | None,
+    option(
         "--noise-prob",
         min=0.0,
         max=1.0,
         help="paper: probability that a z-scored pixel gets N(0,1) noise; default: that a "
         "spectrum is degraded to a lower S/N (default: the recipe's).",
     ),
-    noise_from_epoch: int | None = _option(
-        None, "--noise-from-epoch", min=1, help="First noisy epoch (default: the recipe's)."
-    ),
-    seed: int = _option(0, "--seed"),
-    resume: bool = _option(False, "--resume", help="Continue a run from its checkpoint."),
-    overwrite: bool = _option(False, "--overwrite", help="Start again over an earlier run."),
-    devices: str | None = _option(
-        None, "--devices", help="Spread each group's members over devices, e.g. cuda:0,cuda:1."
-    ),
-    max_minutes: float | None = _option(
-        None,
+]
+NoiseFromEpoch = Annotated[
+    int | None,
+    option("--noise-from-epoch", min=1, help="First noisy epoch (default: the recipe's)."),
+]
+Devices = Annotated[
+    str | None,
+    option("--devices", help="Spread each group's members over devices, e.g. cuda:0,cuda:1."),
+]
+MaxMinutes = Annotated[
+    float | None,
+    option(
         "--max-minutes",
+        callback=_check_positive,
         help="Stop after the epoch that would overrun this budget (resume later).",
     ),
-    nr: str | None = _option(None, "--nr", help="RRNet residual channels, e.g. 4,8,16."),
-    ns: int | None = _option(None, "--ns", min=1, help="Sub-bands of the recurrent layer."),
-    mode: str | None = _option(None, "--mode", help="RRNet mode: post-RNN, pre-RNN or raw."),
-    dropout: float | None = _option(None, "--dropout", min=0.0, max=0.95),
-    name: str | None = _option(None, "--name", help="Model name (default: the directory name)."),
-    config: Path | None = typer.Option(
-        None,
+]
+Nr = Annotated[str | None, option("--nr", help="RRNet residual channels, e.g. 4,8,16.")]
+Ns = Annotated[int | None, option("--ns", min=1, help="Sub-bands of the recurrent layer.")]
+Mode = Annotated[str | None, option("--mode", help="RRNet mode: post-RNN, pre-RNN or raw.")]
+Dropout = Annotated[float | None, option("--dropout", min=0.0, max=0.95)]
+Name = Annotated[str | None, option("--name", help="Model name (default: the directory name).")]
+Config = Annotated[
+    Path | None,
+    option(
         "--config",
         exists=True,
         dir_okay=False,
         is_eager=True,
         callback=_load_config,
+        allow_from_autoenv=False,
         help="YAML file of option: value defaults.",
     ),
+]
+
+
+def train_command(
+    ctx: typer.Context,
+    dataset: Dataset,
+    output: Output,
+    members: Members = 6,
+    arch: Arch = "rrnet",
+    groups: Groups = GROUPS_PAPER,
+    recipe: RecipeName = "default",
+    epochs: Epochs = 30,
+    batch_size: BatchSize = 256,
+    lr: LearningRate = None,
+    noise_prob: NoiseProb = None,
+    noise_from_epoch: NoiseFromEpoch = None,
+    seed: Seed = 0,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    devices: Devices = None,
+    max_minutes: MaxMinutes = None,
+    nr: Nr = None,
+    ns: Ns = None,
+    mode: Mode = None,
+    dropout: Dropout = None,
+    name: Name = None,
+    config: Config = None,
 ) -> None:
     """Train a deep ensemble (the default recipe, or --recipe paper), or fit a Cannon
     (--arch cannon), and write a model directory.
@@ -166,86 +240,33 @@ def train_command(
     Options may also come from LAMOST_RRNET_TRAIN_<OPTION> environment variables or a
     --config YAML file; the command line wins, then the environment, then the file.
     """
-    from lamost_rrnet.devices import select_device
-    from lamost_rrnet.models import create_model, list_models
     from lamost_rrnet.training import train_ensemble
-    from lamost_rrnet.training.members import RECIPES
 
-    if resume and overwrite:
-        raise typer.BadParameter("give --resume or --overwrite, not both", param_hint="--resume")
-    for value, hint in ((lr, "--lr"), (max_minutes, "--max-minutes")):
-        if value is not None and not value > 0:
-            raise typer.BadParameter(f"{value}: must be positive", param_hint=hint)
-    if recipe not in RECIPES:
-        raise typer.BadParameter(
-            f"{recipe!r}: choose one of {', '.join(RECIPES)}", param_hint="--recipe"
-        )
-    if arch not in list_models():
-        raise typer.BadParameter(
-            f"{arch!r}: choose one of {', '.join(list_models())}", param_hint="--arch"
-        )
-    if arch == "cannon":
-        given = _given(ctx, CANNON_REFUSES)
-        if given:
-            raise typer.BadParameter(
-                f"{', '.join(given)}: not for the Cannon, which is fitted, not trained",
-                param_hint="--arch cannon",
-            )
-    if groups not in ("paper", "single") and not Path(groups).is_file():
-        raise typer.BadParameter(
-            f"{groups!r}: use paper, single or an existing YAML file", param_hint="--groups"
-        )
-    arch_kwargs: dict = {}
-    if nr is not None:
-        arch_kwargs["Nr"] = _int_list(nr, "--nr")
-    for key, value in (("Ns", ns), ("mode", mode), ("dropout", dropout)):
-        if value is not None:
-            arch_kwargs[key] = value
-    try:
-        create_model(arch, 1, **arch_kwargs)
-    except (TypeError, ValueError) as exc:
-        raise typer.BadParameter(f"{arch} {arch_kwargs}: {exc}", param_hint="--arch") from exc
-    device_list = [d.strip() for d in devices.split(",") if d.strip()] if devices else None
-    for device in device_list or []:
-        try:
-            select_device(device)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--devices") from exc
-
+    check_resume_overwrite(resume, overwrite)
     opts = options(ctx)
     if arch == "cannon":
-        from lamost_rrnet.training.cannon import train_cannon
-
-        train_cannon(
+        _fit_cannon(ctx, dataset, output, groups, overwrite, name)
+    else:
+        train_ensemble(
             dataset,
             output,
-            groups if _given(ctx, ["groups"]) else "single",
+            members=members,
+            arch=arch,
+            groups=groups,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            noise_prob=noise_prob,
+            noise_from_epoch=noise_from_epoch,
+            seed=seed,
+            device=opts.device,
+            resume=resume,
+            devices=_device_list(devices),
+            arch_kwargs=_arch_kwargs(nr, ns, mode, dropout),
+            max_minutes=max_minutes,
             overwrite=overwrite,
             name=name,
             progress=not opts.quiet,
+            recipe=recipe,
         )
-        info(ctx, f"predict with: lamost-rrnet predict SPECTRA --model {output}")
-        return
-    train_ensemble(
-        dataset,
-        output,
-        members=members,
-        arch=arch,
-        groups=groups,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        noise_prob=noise_prob,
-        noise_from_epoch=noise_from_epoch,
-        seed=seed,
-        device=opts.device,
-        resume=resume,
-        devices=device_list,
-        arch_kwargs=arch_kwargs,
-        max_minutes=max_minutes,
-        overwrite=overwrite,
-        name=name,
-        progress=not opts.quiet,
-        recipe=recipe,
-    )
     info(ctx, f"predict with: lamost-rrnet predict SPECTRA --model {output}")

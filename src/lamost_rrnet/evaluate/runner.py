@@ -34,6 +34,7 @@ from lamost_rrnet.evaluate.report import (
     write_report_files,
 )
 from lamost_rrnet.labels import CATALOGUE_LABELS, pretty
+from lamost_rrnet.names import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     import torch
@@ -267,9 +268,9 @@ def _saliency_figure(
     return target, notes
 
 
-def evaluate_dataset(
+def evaluate_dataset(  # noqa: PLR0915
     dataset_path: str | os.PathLike[str],
-    models: Sequence[str | os.PathLike[str] | Ensemble] = ("rrnet2022",),
+    models: Sequence[str | os.PathLike[str] | Ensemble] = (DEFAULT_MODEL,),
     split: str = "test",
     out_dir: str | os.PathLike[str] = "report",
     *,

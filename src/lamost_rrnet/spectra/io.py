@@ -379,7 +379,7 @@ def _read_arm(where: str, header: dict, data: np.ndarray, extname: str) -> tuple
     return Arm(extname, wavelength, flux, ivar, mask, snr, andmask, keep), layout
 
 
-def read_mrs(
+def read_mrs(  # noqa: PLR0915
     path: str | os.PathLike[str],
     extensions: Iterable[str] | None = None,
     max_bytes: int = MAX_BYTES,

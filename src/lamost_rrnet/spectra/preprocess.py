@@ -13,11 +13,13 @@ authors' code under NumPy 1.x (docs/preprocessing.md, "Number types"). Keep thos
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from lamost_rrnet.errors import CoverageError, SpectrumError
+from lamost_rrnet.errors import CoverageError, RRNetError, SpectrumError, UsageError
 from lamost_rrnet.spectra.io import Arm, Spectrum
 
 C_KMS = 299792.458
@@ -72,6 +74,25 @@ class PreprocessSpec:
 
 
 RRNET2022 = PreprocessSpec()
+
+
+def load_spec(value: str | os.PathLike[str]) -> PreprocessSpec:
+    """:data:`RRNET2022` by its name, else the spec in a YAML or JSON file (or a model.yaml's
+    ``preprocessing``). :class:`UsageError` when ``value`` is neither the name nor a file,
+    :class:`RRNetError` when the file holds no spec."""
+    if str(value) == RRNET2022.name:
+        return RRNET2022
+    path = Path(value)
+    if not path.is_file():
+        raise UsageError(f"{str(value)!r}: use {RRNET2022.name} or an existing spec file")
+    import yaml  # here: the package imports this module at start-up, and few runs read a file
+
+    try:
+        data = yaml.safe_load(path.read_text())
+        data = data.get("preprocessing", data)
+        return PreprocessSpec.from_dict(data)
+    except (OSError, yaml.YAMLError, AttributeError, TypeError) as exc:
+        raise RRNetError(f"{path}: not a preprocessing spec ({exc})") from exc
 
 
 def rest_frame(wavelength: np.ndarray, rv: float) -> np.ndarray:

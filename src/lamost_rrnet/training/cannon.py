@@ -43,6 +43,7 @@ from lamost_rrnet.ensemble import Ensemble, LabelGroup, Normalization
 from lamost_rrnet.errors import DatasetError
 from lamost_rrnet.locking import exclusive
 from lamost_rrnet.models.cannon import Cannon, design_matrix
+from lamost_rrnet.names import GROUPS_SINGLE
 from lamost_rrnet.progress import stderr_console
 from lamost_rrnet.training.groups import resolve_groups
 from lamost_rrnet.training.loop import _prepare_output
@@ -160,7 +161,7 @@ def _mae_line(mu: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> str:
 def train_cannon(
     dataset_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
-    groups: str | os.PathLike[str] | Mapping[str, Sequence[str]] = "single",
+    groups: str | os.PathLike[str] | Mapping[str, Sequence[str]] = GROUPS_SINGLE,
     *,
     ridge: float = DEFAULT_RIDGE,
     overwrite: bool = False,

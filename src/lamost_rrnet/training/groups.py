@@ -21,10 +21,10 @@ import yaml
 
 from lamost_rrnet.errors import DatasetError, RRNetError
 from lamost_rrnet.labels import PAPER_GROUPS
+from lamost_rrnet.names import GROUPS_PAPER, GROUPS_SINGLE
 
 #: Group names become member file names (``SP0.safetensors``).
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-BUILTIN = ("paper", "single")
 SINGLE_NAME = "ALL"
 
 
@@ -64,9 +64,9 @@ def resolve_groups(
     against the dataset's ``label_names``."""
     if isinstance(spec, Mapping):
         where, raw = "the label groups", {str(k): list(v) for k, v in spec.items()}
-    elif str(spec) == "paper":
+    elif str(spec) == GROUPS_PAPER:
         where, raw = "the paper's groups", {k: list(v) for k, v in PAPER_GROUPS.items()}
-    elif str(spec) == "single":
+    elif str(spec) == GROUPS_SINGLE:
         where, raw = "the single group", {SINGLE_NAME: list(label_names)}
     else:
         where, raw = str(spec), read_groups_file(spec)

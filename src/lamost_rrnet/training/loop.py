@@ -29,9 +29,10 @@ from lamost_rrnet.calibration import calibrate, describe
 from lamost_rrnet.dataset import open_dataset
 from lamost_rrnet.devices import select_device, torch_threads
 from lamost_rrnet.ensemble import Ensemble, LabelGroup
-from lamost_rrnet.errors import OutputExistsError, RRNetError
+from lamost_rrnet.errors import OutputExistsError, RRNetError, UsageError
 from lamost_rrnet.locking import exclusive
 from lamost_rrnet.models import create_model, list_models
+from lamost_rrnet.names import GROUPS_PAPER
 from lamost_rrnet.progress import make_progress, stderr_console
 from lamost_rrnet.training.augment import BatchAugmenter
 from lamost_rrnet.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
@@ -72,25 +73,27 @@ class Settings:
 
 def _check_arguments(members: int, arch: str, epochs: int, recipe: Recipe) -> None:
     if recipe.noise not in ("paper", "ivar"):
-        raise ValueError(f"unknown noise {recipe.noise!r}: use paper or ivar")
+        raise UsageError(f"unknown noise {recipe.noise!r}: use paper or ivar")
     if recipe.micro_batch < 1 or recipe.patience < 0 or recipe.weight_decay < 0:
-        raise ValueError("micro_batch must be at least 1, patience and weight_decay not negative")
+        raise UsageError("micro_batch must be at least 1, patience and weight_decay not negative")
     if members < 1:
-        raise ValueError(f"members must be at least 1, not {members}")
+        raise UsageError(f"members must be at least 1, not {members}")
     if arch not in list_models():
-        raise ValueError(f"unknown architecture {arch!r}: choose one of {', '.join(list_models())}")
+        raise UsageError(
+            f"unknown architecture {arch!r} (--arch): choose one of {', '.join(list_models())}"
+        )
     if arch == "cannon":
-        raise ValueError("the Cannon is fitted, not trained: use training.cannon.train_cannon")
+        raise UsageError("the Cannon is fitted, not trained: use training.cannon.train_cannon")
     if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, not {epochs}")
+        raise UsageError(f"epochs must be at least 1, not {epochs}")
     if recipe.batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, not {recipe.batch_size}")
+        raise UsageError(f"batch_size must be at least 1, not {recipe.batch_size}")
     if not recipe.lr > 0:
-        raise ValueError(f"lr must be positive, not {recipe.lr}")
+        raise UsageError(f"lr must be positive, not {recipe.lr}")
     if not 0 <= recipe.noise_prob <= 1:
-        raise ValueError(f"noise_prob must be within 0-1, not {recipe.noise_prob}")
+        raise UsageError(f"noise_prob must be within 0-1, not {recipe.noise_prob}")
     if recipe.noise_from_epoch < 1:
-        raise ValueError(f"noise_from_epoch counts from 1, not {recipe.noise_from_epoch}")
+        raise UsageError(f"noise_from_epoch counts from 1, not {recipe.noise_from_epoch}")
 
 
 def _layout(
@@ -302,7 +305,9 @@ def _recipe(
     """The named (or given) recipe with the explicit options put in."""
     if isinstance(recipe, str):
         if recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
+            raise UsageError(
+                f"unknown recipe {recipe!r} (--recipe): choose one of {', '.join(RECIPES)}"
+            )
         recipe = RECIPES[recipe]
     changes = {"batch_size": batch_size}
     for key, value in (
@@ -334,12 +339,12 @@ def _prepare_output(out_dir: Path, resume: bool, overwrite: bool) -> dict | None
     return None
 
 
-def train_ensemble(
+def train_ensemble(  # noqa: PLR0915
     dataset_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     members: int = 6,
     arch: str = "rrnet",
-    groups: str | os.PathLike[str] | Mapping[str, Sequence[str]] = "paper",
+    groups: str | os.PathLike[str] | Mapping[str, Sequence[str]] = GROUPS_PAPER,
     epochs: int = 30,
     batch_size: int = 256,
     lr: float | None = None,
@@ -386,7 +391,10 @@ def train_ensemble(
     _check_arguments(members, arch, epochs, recipe)
     # Plain JSON data (tuples become lists), as the checkpoint and model.yaml store it.
     arch_kwargs = json.loads(json.dumps(dict(arch_kwargs or {})))
-    create_model(arch, 1, **arch_kwargs)  # wrong keyword arguments fail here, not mid-run
+    try:  # wrong keyword arguments fail here, not mid-run
+        create_model(arch, 1, **arch_kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"architecture {arch} with {arch_kwargs}: {exc}") from exc
     out_dir = Path(out_dir)
     with exclusive(out_dir):  # one run at a time in a directory
         checkpoint = _prepare_output(out_dir, resume, overwrite)
