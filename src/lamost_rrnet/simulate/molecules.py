@@ -1,0 +1,7 @@
+"""Deprecated: the molecular bands moved to
+:mod:`lamost_rrnet.spectra.synthesis.molecules`, with the rest of the spectral synthesis that the
+RV templates use; this path re-exports it for one release."""
+
+from lamost_rrnet._moved import moved_module
+
+__getattr__ = moved_module(__name__, "lamost_rrnet.spectra.synthesis.molecules")
