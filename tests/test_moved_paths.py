@@ -1,5 +1,5 @@
-"""The old import paths of moved modules: each warns, and gives the objects of the new path
-themselves (so that a cached singleton stays single)."""
+"""The old import paths of moved modules and functions: each warns, and gives the objects of
+the new path themselves (so that a cached singleton stays single)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import importlib
 import sys
 
 import pytest
+
+import lamost_rrnet.calibrate as calibrate_job
+import lamost_rrnet.calibration as calibration
 
 MOVED_MODULES = {
     "lamost_rrnet.simulate.synth": "lamost_rrnet.spectra.synthesis.model",
@@ -26,3 +29,19 @@ def test_a_moved_module_warns_and_gives_the_new_modules_objects(old, new, monkey
     names = [name for name in vars(module) if not name.startswith("__")]
     # The very objects: synthesizer() and load_lines() keep one cache between the two paths.
     assert names and all(getattr(shim, name) is getattr(module, name) for name in names)
+
+
+@pytest.mark.parametrize("name", ["fit_calibration", "calibrate", "calibrate_model"])
+def test_a_calibration_job_warns_at_its_old_path(name):
+    with pytest.warns(
+        DeprecationWarning,
+        match=rf"lamost_rrnet\.calibration\.{name} is deprecated.*lamost_rrnet\.calibrate$",
+    ) as record:
+        old = getattr(calibration, name)
+    assert old is getattr(calibrate_job, name)
+    assert record[0].filename == __file__
+
+
+def test_calibration_has_no_other_missing_names():
+    with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
+        calibration.nothing_here  # noqa: B018

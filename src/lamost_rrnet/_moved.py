@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -20,5 +20,24 @@ def moved_module(old: str, new: str) -> Callable[[str], Any]:
 
     def forward(name: str) -> Any:
         return getattr(module, name)
+
+    return forward
+
+
+def moved_names(old: str, names: Mapping[str, str]) -> Callable[[str], Any]:
+    """The module ``__getattr__`` of module ``old``, some of whose ``names`` moved (each to the
+    module it maps to): it warns, and hands out the object from its new module."""
+
+    def forward(name: str) -> Any:
+        if name not in names:
+            raise AttributeError(f"module {old!r} has no attribute {name!r}")
+        new = names[name]
+        warnings.warn(
+            f"{old}.{name} is deprecated and will be removed in the next release: "
+            f"import it from {new}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(new), name)
 
     return forward
