@@ -9,7 +9,8 @@ import pytest
 import yaml
 from astropy.io import fits
 
-from lamost_rrnet.calibration import Calibration, calibrate, fit_sigma_scales
+from lamost_rrnet.calibrate import calibrate
+from lamost_rrnet.calibration import Calibration, fit_sigma_scales
 from lamost_rrnet.catalogue import journal_dir
 from lamost_rrnet.dataset import open_dataset, write_dataset
 from lamost_rrnet.ensemble import Ensemble

@@ -18,13 +18,13 @@ from lamost_rrnet.simulate import (
     synthesize,
 )
 from lamost_rrnet.simulate.files import _catalogue_labels
-from lamost_rrnet.simulate.linelist import load_lines
 from lamost_rrnet.simulate.observe import BAD_PIXEL, COSMIC_RAY, add_noise
-from lamost_rrnet.simulate.population import microturbulence
-from lamost_rrnet.simulate.synth import H_ALPHA, MG_B, RESOLUTION, synthesizer
 from lamost_rrnet.spectra.io import read_mrs
 from lamost_rrnet.spectra.preprocess import RRNET2022, outlier_stats, preprocess
 from lamost_rrnet.spectra.rv import estimate_rv
+from lamost_rrnet.spectra.synthesis.atmosphere import microturbulence
+from lamost_rrnet.spectra.synthesis.linelist import load_lines
+from lamost_rrnet.spectra.synthesis.model import H_ALPHA, MG_B, RESOLUTION, synthesizer
 
 CATALOGUE_COLUMNS = [
     "obsid", "filename", "extname_blue", "extname_red", "ra", "dec",

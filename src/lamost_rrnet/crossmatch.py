@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Column, MaskedColumn, Table
 
+from lamost_rrnet._moved import moved_names
 from lamost_rrnet.columns import LAMOST_COLUMNS, RV_COLUMNS
 from lamost_rrnet.errors import CatalogueError, OutputExistsError, UsageError
 from lamost_rrnet.labels import CATALOGUE_LABELS, description, unit
@@ -505,14 +505,5 @@ def reference_label_names(table: Table) -> list[str]:
     return [n for n in CATALOGUE_LABELS if n in table.colnames]
 
 
-def __getattr__(name: str):
-    # read_catalogue is table_io.read_table now; the old name stays one release for scripts.
-    if name == "read_catalogue":
-        warnings.warn(
-            "lamost_rrnet.crossmatch.read_catalogue is deprecated and will be removed in the "
-            "next release: use lamost_rrnet.table_io.read_table",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return read_table
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# read_catalogue is table_io.read_table now; the old name stays one release for scripts.
+__getattr__ = moved_names(__name__, {"read_catalogue": "lamost_rrnet.table_io:read_table"})

@@ -13,17 +13,16 @@ Downloading is :mod:`lamost_rrnet.download`, what ``--model`` accepts
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
-import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from lamost_rrnet import hashing
+from lamost_rrnet._moved import moved_names
 from lamost_rrnet.errors import ModelError
 from lamost_rrnet.paths import stays_inside
 
@@ -151,37 +150,28 @@ def cached_files(name: str) -> int:
 
 # -- names that moved out of this module ---------------------------------------------------
 
-#: Old name -> (module, name) it moved to; they stay importable from here for one release.
-_MOVED = {
-    "registry": ("lamost_rrnet.hub", "downloadable_models"),
-    "git_blob_sha1": ("lamost_rrnet.hashing", "git_blob_sha1"),
-    "file_hash": ("lamost_rrnet.hashing", "file_hash"),
-    "fetch": ("lamost_rrnet.download", "fetch"),
-    "RETRIES": ("lamost_rrnet.download", "RETRIES"),
-    "RETRY_WAIT": ("lamost_rrnet.download", "RETRY_WAIT"),
-    "TIMEOUT": ("lamost_rrnet.download", "TIMEOUT"),
-    "PUBLISHED_RANGES": ("lamost_rrnet.published_layout", "PUBLISHED_RANGES"),
-    "PUBLISHED_RANGE_STDS": ("lamost_rrnet.published_layout", "PUBLISHED_RANGE_STDS"),
-    "LABEL_CONFIG": ("lamost_rrnet.published_layout", "LABEL_CONFIG"),
-    "MEMBER_FILE": ("lamost_rrnet.published_layout", "MEMBER_FILE"),
-    "load_label_config": ("lamost_rrnet.published_layout", "load_label_config"),
-    "published_label_ranges": ("lamost_rrnet.published_layout", "published_label_ranges"),
-    "published_runs": ("lamost_rrnet.published_layout", "published_runs"),
-    "load_published": ("lamost_rrnet.published_layout", "load_published"),
-    "load_registered": ("lamost_rrnet.model_resolution", "load_registered"),
-    "looks_like_path": ("lamost_rrnet.model_resolution", "looks_like_path"),
-    "load_model": ("lamost_rrnet.model_resolution", "load_model"),
-    "DEFAULT_MODEL": ("lamost_rrnet.names", "DEFAULT_MODEL"),
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MOVED:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module, new = _MOVED[name]
-    warnings.warn(
-        f"lamost_rrnet.hub.{name} is deprecated: use {module}.{new}",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return getattr(importlib.import_module(module), new)
+# Old name -> its new module (":new_name" when renamed too); importable here for one release.
+__getattr__ = moved_names(
+    __name__,
+    {
+        "registry": "lamost_rrnet.hub:downloadable_models",
+        "git_blob_sha1": "lamost_rrnet.hashing",
+        "file_hash": "lamost_rrnet.hashing",
+        "fetch": "lamost_rrnet.download",
+        "RETRIES": "lamost_rrnet.download",
+        "RETRY_WAIT": "lamost_rrnet.download",
+        "TIMEOUT": "lamost_rrnet.download",
+        "PUBLISHED_RANGES": "lamost_rrnet.published_layout",
+        "PUBLISHED_RANGE_STDS": "lamost_rrnet.published_layout",
+        "LABEL_CONFIG": "lamost_rrnet.published_layout",
+        "MEMBER_FILE": "lamost_rrnet.published_layout",
+        "load_label_config": "lamost_rrnet.published_layout",
+        "published_label_ranges": "lamost_rrnet.published_layout",
+        "published_runs": "lamost_rrnet.published_layout",
+        "load_published": "lamost_rrnet.published_layout",
+        "load_registered": "lamost_rrnet.model_resolution",
+        "looks_like_path": "lamost_rrnet.model_resolution",
+        "load_model": "lamost_rrnet.model_resolution",
+        "DEFAULT_MODEL": "lamost_rrnet.names",
+    },
+)

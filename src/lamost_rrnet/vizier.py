@@ -10,13 +10,13 @@ recorded; a label that cannot be found is an error, never a guess from a wrong c
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 
 import numpy as np
 from astropy.table import Column, MaskedColumn, Table
 
+from lamost_rrnet._moved import moved_names
 from lamost_rrnet.cache import cache_dir
 from lamost_rrnet.errors import CatalogueError
 from lamost_rrnet.labels import CATALOGUE_LABELS, ELEMENTS
@@ -224,14 +224,5 @@ def load_vizier_labels(
     return table, mapping, why
 
 
-def __getattr__(name: str):
-    # LABEL_CATALOGUES is LABEL_SOURCES now; the old name stays one release for scripts.
-    if name == "LABEL_CATALOGUES":
-        warnings.warn(
-            "lamost_rrnet.vizier.LABEL_CATALOGUES is deprecated and will be removed in the next "
-            "release: use LABEL_SOURCES",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return LABEL_SOURCES
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# LABEL_CATALOGUES is LABEL_SOURCES now; the old name stays one release for scripts.
+__getattr__ = moved_names(__name__, {"LABEL_CATALOGUES": "lamost_rrnet.vizier:LABEL_SOURCES"})

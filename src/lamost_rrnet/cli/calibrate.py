@@ -48,7 +48,8 @@ def calibrate_command(
     and write the model with these scales as a new model directory (a new version)."""
     from rich.markup import escape
 
-    from lamost_rrnet.calibration import calibrate_model, describe
+    from lamost_rrnet.calibrate import calibrate_model
+    from lamost_rrnet.calibration import describe
 
     opts = options(ctx)
     calibrated = calibrate_model(

@@ -34,8 +34,8 @@ from lamost_rrnet.simulate.observe import (
     spectrograph_coverage,
 )
 from lamost_rrnet.simulate.population import draw_labels
-from lamost_rrnet.simulate.synth import Stars, synthesizer
 from lamost_rrnet.spectra.io import COADD_BLUE, COADD_RED, Arm, encode_mrs
+from lamost_rrnet.spectra.synthesis.model import Stars, synthesizer
 
 LAYOUTS = ("dr7", "dr9")
 FIELD_STARS = 1000  # stars per simulated field (a plate holds up to 4000)

@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from lamost_rrnet.simulate.observe import BAD_PIXEL_RATE, ArmData, cubic_columns, observe_coadds
-from lamost_rrnet.simulate.synth import Stars, synthesizer
+from lamost_rrnet.simulate.observe import BAD_PIXEL_RATE, ArmData, observe_coadds
 from lamost_rrnet.spectra.io import COADD_BLUE, COADD_RED, Arm, Spectrum
 from lamost_rrnet.spectra.preprocess import RRNET2022, PreprocessSpec, normalize, resample
+from lamost_rrnet.spectra.synthesis.interpolation import cubic_columns
+from lamost_rrnet.spectra.synthesis.model import Stars, synthesizer
 
 #: Stars simulated together: the model spectra and temporaries of a chunk stay small enough to
 #: be reused from one chunk to the next instead of being faulted in afresh (a third faster).

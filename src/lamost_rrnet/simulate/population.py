@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from lamost_rrnet.labels import CATALOGUE_LABELS, ELEMENTS
+from lamost_rrnet.spectra.synthesis.atmosphere import microturbulence
 
 TEFF_RANGE = (4000.0, 6500.0)
 FEH_RANGE = (-1.2, 0.4)
@@ -19,14 +20,6 @@ _SCATTER.update({"K": 0.10, "Ca": 0.05, "Ti": 0.06, "Cr": 0.04, "Mn": 0.06, "Ni"
 _SCATTER.update({"Cu": 0.10})
 #: Extra enhancement of the high-α (thick-disc) stars, for the α elements.
 _ALPHA = ("O", "Mg", "Si", "S", "Ca", "Ti")
-
-
-def microturbulence(teff: np.ndarray, logg: np.ndarray) -> np.ndarray:
-    """vmic (km/s) from the Gaia-ESO calibration for FGK stars (Bergemann et al.), clipped."""
-    t = np.asarray(teff, float) - 5500.0
-    g = np.asarray(logg, float) - 4.0
-    vmic = 0.998 + 3.16e-4 * t - 0.253 * g - 2.86e-4 * t * g + 0.165 * g * g
-    return np.clip(vmic, 0.5, 2.5)
 
 
 def _giants(n: int, feh: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

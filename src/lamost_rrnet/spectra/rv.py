@@ -1,12 +1,12 @@
 """Radial velocities by cross-correlation with rest-frame templates that the package builds.
 
-The templates are noiseless model spectra from lamost-rrnet's own simulator
-(:mod:`lamost_rrnet.simulate`) for a few stellar types, on the simulator's log-λ grid at
-R ≈ 7500; they are built once per process. Each arm is divided by a robust polynomial
-continuum; an FFT cross-correlation over whole pixels picks the template and the velocity,
-and a χ² fit (template scaled and offset per arm, sub-pixel shifts by cubic interpolation)
-refines it. The uncertainty is the χ² curvature's, scaled up by the reduced χ² when the
-template does not match to the noise.
+The templates are noiseless model spectra from lamost-rrnet's own spectral synthesis
+(:mod:`lamost_rrnet.spectra.synthesis`, which the simulator uses too) for a few stellar
+types, on its log-λ grid at R ≈ 7500; they are built once per process. Each arm is divided
+by a robust polynomial continuum; an FFT cross-correlation over whole pixels picks the
+template and the velocity, and a χ² fit (template scaled and offset per arm, sub-pixel shifts
+by cubic interpolation) refines it. The uncertainty is the χ² curvature's, scaled up by the
+reduced χ² when the template does not match to the noise.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 
 from lamost_rrnet.errors import SpectrumError
 from lamost_rrnet.spectra.io import Arm, Spectrum
+from lamost_rrnet.spectra.synthesis.interpolation import cubic_columns
 
 C_KMS = 299792.458
 V_MAX = 600.0  # km/s searched
@@ -49,7 +50,7 @@ class _Templates:
 def _templates() -> _Templates:
     import pandas as pd
 
-    from lamost_rrnet.simulate.synth import Stars, synthesizer
+    from lamost_rrnet.spectra.synthesis.model import Stars, synthesizer
 
     synth = synthesizer()
     labels = pd.DataFrame(TEMPLATE_LABELS, columns=["Teff[K]", "Logg", "FeH"])
@@ -161,8 +162,6 @@ def _coarse(segments: list[_Segment], tpl: _Templates) -> tuple[int, int, float]
 
 def _chi2(segments: list[_Segment], tpl: _Templates, t: int, velocity: float) -> float:
     """χ² of the template at ``velocity``, scaled and offset per arm by least squares."""
-    from lamost_rrnet.simulate.observe import cubic_columns
-
     total = 0.0
     shift = np.log10(1 + velocity / C_KMS)
     for seg in segments:

@@ -37,7 +37,8 @@ import numpy as np
 from rich.markup import escape
 
 from lamost_rrnet._version import __version__
-from lamost_rrnet.calibration import calibrate, describe
+from lamost_rrnet.calibrate import calibrate
+from lamost_rrnet.calibration import describe
 from lamost_rrnet.dataset import open_dataset
 from lamost_rrnet.ensemble import Ensemble, LabelGroup, Normalization
 from lamost_rrnet.errors import DatasetError
