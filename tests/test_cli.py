@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 from astropy.table import Table
@@ -87,3 +89,43 @@ def test_the_default_file_limit_is_the_readers():
     from lamost_rrnet.spectra.io import MAX_BYTES
 
     assert MAX_FILE_MB * 2**20 == MAX_BYTES
+
+
+def test_the_library_only_adds_a_null_handler_and_the_cli_takes_its_own_away(run_cli, tmp_path):
+    logger = logging.getLogger("lamost_rrnet")
+    assert [type(h) for h in logger.handlers] == [logging.NullHandler]
+    level = logger.level
+    code, _, err = run_cli("inspect", tmp_path / "nothere.fits", "--verbose")
+    assert code == 2 and err
+    assert [type(h) for h in logger.handlers] == [logging.NullHandler] and logger.level == level
+
+
+@pytest.mark.parametrize(
+    ("quiet", "verbose", "level"),
+    [(False, False, logging.INFO), (True, False, logging.WARNING), (False, True, logging.DEBUG)],
+)
+def test_quiet_and_verbose_choose_the_level(quiet, verbose, level):
+    from lamost_rrnet.cli.log import message_level
+
+    assert message_level(quiet, verbose) == level
+
+
+def test_messages_look_as_the_console_prints_them_and_warnings_say_so(capsys):
+    from lamost_rrnet.cli.log import show_messages
+    from lamost_rrnet.progress import stderr_console
+
+    logger = logging.getLogger("lamost_rrnet.test")
+    long = " ".join(f"/data/spectra/[{i}]/file.fits" for i in range(8))  # wider than the console
+    undo = show_messages(logging.INFO)
+    try:
+        logger.debug("not shown")
+        logger.info("short [bold]not markup[/]")
+        logger.warning(long)
+        logger.info(long)
+    finally:
+        undo()
+    logger.warning("not shown either: the handler is gone")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[:2] == ["short [bold]not markup[/]", f"warning: {long}"]  # one unwrapped line
+    stderr_console.print(long, markup=False)  # wrapped, as the console wraps text
+    assert lines[2:] == capsys.readouterr().err.splitlines() and len(lines) > 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import inspect
 import io
+import logging
 import os
 import shutil
 import signal
@@ -740,9 +741,10 @@ def test_a_reader_error_may_carry_its_own_status(ensemble, spectra, monkeypatch)
 
 
 def test_fifos_are_skipped_and_unlistable_directories_warned(
-    run_cli, model_dir, spectra, tmp_path, monkeypatch
+    run_cli, model_dir, spectra, tmp_path, monkeypatch, caplog
 ):
-    """A FIFO named *.fits is never opened (opening one blocks until a writer comes)."""
+    """A FIFO named *.fits is never opened (opening one blocks until a writer comes). The
+    library logs the warnings; the CLI shows them, with --quiet too."""
     root = tmp_path / "in"
     root.mkdir()
     os.mkfifo(root / "pipe.fits")
@@ -760,19 +762,25 @@ def test_fifos_are_skipped_and_unlistable_directories_warned(
     monkeypatch.setattr("lamost_rrnet.inputs.os.scandir", scandir)
     signal.alarm(120)  # a hang fails the test instead of the whole run
     try:
-        summary = predict_files([root, tmp_path / "named.fits"], model=model_dir, workers=0)
-        code, out, err = run_cli(
-            "predict", root, tmp_path / "named.fits", "--model", model_dir, "--workers", "0"
-        )
+        with caplog.at_level(logging.WARNING, logger="lamost_rrnet"):
+            summary = predict_files([root, tmp_path / "named.fits"], model=model_dir, workers=0)
+        args = ("predict", root, tmp_path / "named.fits", "--model", model_dir, "--workers", "0")
+        code, out, err = run_cli(*args)
+        quiet_code, _, quiet_err = run_cli(*args, "--quiet")
     finally:
         signal.alarm(0)
     assert len(summary) == 1 and summary["filename"][0] == "ok.fits"
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("lamost_rrnet")]
+    assert any("pipe.fits: not a regular file" in m for m in logged)
+    assert any("locked: cannot be listed" in m for m in logged)
     assert code == 0 and len(out.splitlines()) == 2
     assert "pipe.fits: not a regular file" in err and "dir.fits: a directory" in err
     assert "named.fits: not a regular file" in err
-    assert "locked: cannot be listed (Permission denied): skipped" in err
+    assert "warning: " in err and "locked: cannot be listed (Permission denied): skipped" in err
     assert "3 inputs skipped: not regular files" in err
     assert "1 directories skipped" in err
+    warned = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert quiet_code == 0 and quiet_err.splitlines() == warned
 
 
 def test_resume_never_loses_the_rows_of_a_finished_output(ensemble, spectra, monkeypatch, tmp_path):

@@ -1,5 +1,7 @@
 """lamost-rrnet: RRNet stellar labels from LAMOST medium-resolution spectra."""
 
+import logging
+
 from lamost_rrnet._version import __version__
 from lamost_rrnet.catalogue import catalogue_columns
 from lamost_rrnet.errors import (
@@ -21,6 +23,10 @@ from lamost_rrnet.spectra.preprocess import (
     preprocess,
     resample,
 )
+
+# The library logs to children of this logger and shows nothing itself: the application
+# chooses where messages go (the CLI: stderr; a script: logging.basicConfig).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "RRNET2022",

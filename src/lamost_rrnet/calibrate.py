@@ -98,7 +98,8 @@ def calibrate_model(
 
     ``output`` is written atomically: it appears complete or not at all. An existing
     ``output`` raises :class:`OutputExistsError` unless ``overwrite``; it may be the model's
-    own directory, which is read whole before it is replaced.
+    own directory, which is read whole before it is replaced. ``progress`` shows a bar while
+    a registered model downloads.
     """
     from lamost_rrnet.atomic import atomic_directory
     from lamost_rrnet.errors import OutputExistsError

@@ -46,7 +46,6 @@ from lamost_rrnet.pipeline import (
     failed_rows,
     predict_rows,
 )
-from lamost_rrnet.progress import stderr_console
 
 #: Worker deaths a task may cause on the local cluster before it is given up
 #: (``distributed.scheduler.allowed-failures``): a chunk is tried 3 times, then its files.
@@ -58,6 +57,8 @@ TASKS_PER_THREAD = 3
 _RESIZE_SECONDS = 2.0
 #: Seconds to wait for a remote scheduler to answer.
 _CONNECT_TIMEOUT = "10s"
+
+logger = logging.getLogger(__name__)
 
 
 class DaskUnavailableError(RRNetError):
@@ -102,8 +103,8 @@ class DaskExecutor:
     """Chunks of files to catalogue rows on a Dask cluster, in input order.
 
     ``runner`` is this process's model: it builds the ``error`` rows of files that killed
-    their workers (without calling the model: those rows have no flux). ``progress`` prints
-    one line about the cluster on stderr.
+    their workers (without calling the model: those rows have no flux). The cluster's
+    address and worker threads are logged at INFO.
     """
 
     def __init__(
@@ -112,8 +113,6 @@ class DaskExecutor:
         job: ReadJob,
         predictor: Predictor,
         runner: ModelRunner,
-        *,
-        progress: bool = False,
     ):
         try:
             import dask
@@ -173,13 +172,12 @@ class DaskExecutor:
                 "lamost-rrnet must be installed on every worker"
             ) from exc
         self.plugin = plugin.name
-        if progress:
+        if logger.isEnabledFor(logging.INFO):  # asking the scheduler costs a round trip
             threads = self._threads()
-            stderr_console.print(
+            logger.info(
                 f"Dask scheduler {self.client.scheduler.address}: "
                 f"{threads} worker thread{'s' if threads != 1 else ''}"
-                + ("" if threads else " yet: tasks wait for workers to join"),
-                highlight=False,
+                + ("" if threads else " yet: tasks wait for workers to join")
             )
 
     def _threads(self) -> int:

@@ -7,10 +7,10 @@ shows exactly what a user's own run does, at a small scale.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,8 @@ import numpy as np
 
 from lamost_rrnet.errors import OutputExistsError
 from lamost_rrnet.names import GROUPS_SINGLE
+
+logger = logging.getLogger(__name__)
 
 #: What the demo writes into its folder; ``overwrite`` removes only these.
 DEMO_ENTRIES = ("sim", "reference.fits", "dataset.h5", "dataset_rejects.csv", "model",
@@ -81,10 +83,10 @@ def run_demo(
     device: str = "auto",
     workers: int = 2,
     overwrite: bool = False,
-    progress: bool = True,
-    say: Callable[[str], None] = lambda message: None,
+    progress: bool = False,
 ) -> DemoResult:
-    """Run the demo into ``out``; ``say`` receives one line per step."""
+    """Run the demo into ``out``, logging one line per step at INFO (and what each step
+    logs); ``progress`` shows each step's bars."""
     from astropy.table import Table
 
     from lamost_rrnet.crossmatch import crossmatch, write_reference
@@ -100,26 +102,28 @@ def run_demo(
     _prepare_folder(out, overwrite)
     sim = out / "sim"
 
-    say(f"1/5 simulating {settings.stars} stars as LAMOST MRS files in {sim}/")
+    logger.info(f"1/5 simulating {settings.stars} stars as LAMOST MRS files in {sim}/")
     simulate_set(sim, settings.stars, visits=settings.visits, snr=settings.snr, seed=seed,
                  n_exposures=(2, 2))  # fmt: skip
 
-    say("2/5 cross-matching the LAMOST catalogue with the labels, and preparing the dataset")
+    logger.info(
+        "2/5 cross-matching the LAMOST catalogue with the labels, and preparing the dataset"
+    )
     matched = crossmatch(sim / "lamost_catalogue.csv", labels_file=sim / "labels.csv")
     reference = write_reference(matched.table, out / "reference.fits")
     dataset = out / "dataset.h5"
     prepare_dataset(reference, dataset, spectra_root=sim / "spectra", workers=workers,
                     seed=seed, progress=progress)  # fmt: skip
 
-    say(f"3/5 training a {settings.members}-member RRNet ensemble for all labels "
-        f"(at most {settings.epochs} epochs or {settings.max_minutes:g} min)")  # fmt: skip
+    logger.info(f"3/5 training a {settings.members}-member RRNet ensemble for all labels "
+                f"(at most {settings.epochs} epochs or {settings.max_minutes:g} min)")  # fmt: skip
     model_dir = out / "model"
     train_ensemble(dataset, model_dir, members=settings.members, groups=settings.groups,
                    epochs=settings.epochs, batch_size=settings.batch_size,
                    seed=seed, device=device, max_minutes=settings.max_minutes,
                    name="demo-rrnet", progress=progress)  # fmt: skip
 
-    say("4/5 predicting a catalogue for the held-out (test) files")
+    logger.info("4/5 predicting a catalogue for the held-out (test) files")
     with open_dataset(dataset) as ds:
         test = ds.indices("test")
         files = sorted({str(name) for name in ds.meta("filename", test)})
@@ -135,7 +139,7 @@ def run_demo(
     # 'dex' is not a FITS unit: the file says so in TUNIT, astropy need not warn about it.
     Table.read(catalogue_fits, unit_parse_strict="silent").write(catalogue_csv, format="ascii.csv")
 
-    say("5/5 writing the evaluation report")
+    logger.info("5/5 writing the evaluation report")
     report = out / "report"
     result = evaluate_dataset(dataset, [model_dir], split="test", out_dir=report,
                               device=device, progress=progress)  # fmt: skip

@@ -162,25 +162,18 @@ def _offline_message(entry: RegistryEntry, root: Path, reason: str) -> str:
 
 
 def fetch(
-    name: str, *, progress: bool = True, retries: int = RETRIES, timeout: float = TIMEOUT
+    name: str, *, progress: bool = False, retries: int = RETRIES, timeout: float = TIMEOUT
 ) -> Path:
     """Make sure every file of the named model is cached and verified; return its directory.
+    ``progress`` shows a bar per file downloaded.
 
     Cached files whose hash is wrong are deleted and fetched again. A download whose hash is
     wrong is deleted and raises :class:`ModelError`; so does a failed download, with a message
     naming the URLs and where to put the files by hand.
     """
     import pooch
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
 
-    from lamost_rrnet.progress import stderr_console
+    from lamost_rrnet.progress import make_download_progress
 
     entry = get_entry(name)
     root = model_cache_dir(name)
@@ -191,17 +184,7 @@ def fetch(
             todo.append(f)
     if not todo:
         return root
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with (
-        Progress(*columns, console=stderr_console, disable=not progress) as bars,
-        _quiet_pooch(),
-    ):
+    with make_download_progress(progress) as bars, _quiet_pooch():
         for f in todo:
             target = root / f.path
             target.parent.mkdir(parents=True, exist_ok=True)

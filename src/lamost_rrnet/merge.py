@@ -394,7 +394,7 @@ def merge_catalogues(
     The output's header is the one the parts share, without SHARD, with a new DATE and NMERGED
     (the number of parts). An existing output raises
     :class:`~lamost_rrnet.errors.OutputExistsError` unless ``overwrite``; it is replaced only
-    once the merge is complete.
+    once the merge is complete. ``progress`` shows bars of the rows checked and written.
     """
     started = time.perf_counter()
     if shards is not None and shards < 1:

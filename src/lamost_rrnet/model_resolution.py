@@ -21,9 +21,10 @@ from lamost_rrnet.published_layout import is_published_layout, load_published
 
 
 def load_registered(
-    name: str, device: str | torch.device = "auto", progress: bool = True
+    name: str, device: str | torch.device = "auto", *, progress: bool = False
 ) -> Ensemble:
-    """A model of the registry, downloaded and verified into the cache first if needed."""
+    """A model of the registry, downloaded and verified into the cache first if needed
+    (``progress``: with a bar per file downloaded)."""
     entry = get_entry(name)
     root = fetch(name, progress=progress)
     if entry.layout == "lamost-rrnet":
@@ -59,13 +60,15 @@ def looks_like_path(spec: str) -> bool:
 def load_model(
     spec: str | os.PathLike[str] = DEFAULT_MODEL,
     device: str | torch.device = "auto",
-    progress: bool = True,
+    *,
+    progress: bool = False,
 ) -> Ensemble:
     """What ``--model`` accepts: a registry name such as ``rrnet2022``, else a directory (ours,
     with ``model.yaml``, or one in the published repository's layout).
 
     A registered name always means the verified registry model, even when a folder of that
     name is in the working directory: give a path (``./rrnet2022``) for the folder.
+    ``progress`` shows a bar while a registered model downloads.
     """
     text = os.fspath(spec)
     names = downloadable_models()

@@ -466,7 +466,7 @@ class Predictor:
 _RUNNERS: dict[tuple, ModelRunner] = {}
 
 
-def load_ensemble(model: Any, device: str, progress: bool = False):
+def load_ensemble(model: Any, device: str, *, progress: bool = False):
     """The ensemble on ``device``: ``model`` itself, or what ``--model`` names (a registry
     name or a directory, resolved and verified by
     :func:`lamost_rrnet.model_resolution.load_model`)."""

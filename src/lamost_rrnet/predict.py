@@ -12,18 +12,19 @@ few chunks are in flight, so memory does not grow with the number of files.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
+import logging
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-from rich.markup import escape
 from threadpoolctl import threadpool_limits
 
 from lamost_rrnet._version import __version__
@@ -44,9 +45,11 @@ from lamost_rrnet.inputs import Shard, chunks, iter_input_paths, select_inputs
 from lamost_rrnet.locking import exclusive
 from lamost_rrnet.names import DEFAULT_MODEL
 from lamost_rrnet.pipeline import Chunk, ModelRunner, Predictor, ReadJob, load_ensemble
-from lamost_rrnet.progress import make_progress, stderr_console
+from lamost_rrnet.progress import make_progress
 from lamost_rrnet.rv_table import load_rv_table
 from lamost_rrnet.spectra.io import MAX_BYTES
+
+logger = logging.getLogger(__name__)
 
 #: Files per chunk: enough spectra for the ensemble's batched matrix products in a worker
 #: (12.5 ms a spectrum at 64, 13.8 at 32, 12.1 at 256), few enough that every worker gets
@@ -216,7 +219,111 @@ class _Writer:
         return None
 
 
-def predict_files(  # noqa: PLR0915
+def _check_options(
+    batch_size: int,
+    shard: Shard | str | None,
+    dask: str | None,
+    workers: int | None,
+    layout: str | None,
+    output: str | os.PathLike[str] | None,
+    resume: bool,
+    overwrite: bool,
+) -> Shard | None:
+    """Refuse options that do not go together, before anything is read; returns the shard."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    if isinstance(shard, str):
+        shard = Shard.parse(shard)
+    if dask is not None and (workers is not None or layout is not None):
+        raise UsageError("--dask runs on the cluster's workers: --workers is for a local run")
+    if output is not None:
+        to_stdout = str(output) == "-"
+        fmt = output_format(output)
+        if to_stdout and (resume or overwrite):
+            raise UsageError("resume and overwrite need an output file, not stdout")
+        if shard is not None and (to_stdout or fmt == "csv"):
+            raise UsageError(
+                "--shard needs a .fits or .parquet output: a part must record its shard"
+            )
+    return shard
+
+
+def _load_rv_table(catalogue, rv_column: str | None, scratch: str, summary: PredictSummary):
+    """The RV table of ``catalogue``, or None for RVs by cross-correlation; logs which."""
+    if catalogue is None:
+        logger.info("RV by cross-correlation (no --catalogue)")
+        return None
+    rv_table = load_rv_table(catalogue, rv_column, scratch)
+    summary.rv_column = rv_table.column
+    logger.info(f"RV from column {rv_table.column!r} of {catalogue} ({rv_table.n_rows} rows)")
+    return rv_table
+
+
+def _start_executor(
+    dask: str | None,
+    job: ReadJob,
+    predictor: Predictor,
+    runner: ModelRunner,
+    workers: int,
+    layout: str,
+):
+    """Where the chunks run: the Dask cluster ``dask``, or ``workers`` processes here."""
+    if dask is None:
+        return LocalExecutor(job, predictor, runner, workers, layout)
+    from lamost_rrnet.dask_executor import DaskExecutor
+
+    return DaskExecutor(dask, job, predictor, runner)
+
+
+def _count_inputs(paths: list[str], list_file, shard: Shard | None) -> int:
+    """The inputs this run (its shard) takes, for the bar's total: one more walk of them."""
+    blocks = chunks(iter_input_paths(paths, list_file), 4096)
+    return sum(len(b) if shard is None else int(shard.members(b).sum()) for b in blocks)
+
+
+class _Inputs:
+    """The run's inputs as chunks of files to read: expanded, cut to the shard, each identity
+    taken once, and those already in the output (resume) left out. What is left out is
+    counted in the summary and advances the bar."""
+
+    def __init__(
+        self,
+        paths: list[str],
+        list_file,
+        shard: Shard | None,
+        summary: PredictSummary,
+        advance: Callable[[int], None],
+        chunk_files: int,
+    ):
+        self.paths, self.list_file, self.shard = paths, list_file, shard
+        self.summary, self.advance, self.chunk_files = summary, advance, chunk_files
+        self.seen = HashSet()  # this run's inputs, once each
+
+    def _unlisted(self, message: str) -> None:
+        self.summary.unlisted_dirs += 1
+        logger.warning(message)
+
+    def _in_shard(self, block: list[str]) -> list[str]:
+        if self.shard is None:
+            return block
+        mine = [p for p, keep in zip(block, self.shard.members(block), strict=True) if keep]
+        self.summary.outside_shard += len(block) - len(mine)
+        return mine
+
+    def chunks(self, done: np.ndarray) -> Iterator[list[str]]:
+        """Chunks of the inputs to read; ``done``: hashes of the paths already written."""
+        inputs = iter_input_paths(self.paths, self.list_file, on_error=self._unlisted)
+        for block in chunks(inputs, 1024):
+            block = self._in_shard(block)
+            selected = select_inputs(block, self.seen, done)
+            self.summary.skipped_files += int(selected.done.sum())
+            self.summary.repeated += int(selected.repeated.sum())
+            self.advance(len(block) - int(selected.take.sum()))
+            todo = (p for p, keep in zip(block, selected.take, strict=True) if keep)
+            yield from chunks(todo, self.chunk_files)
+
+
+def predict_files(
     paths: Iterable[str | os.PathLike[str]] = (),
     model: Any = DEFAULT_MODEL,
     catalogue: str | os.PathLike[str] | None = None,
@@ -227,6 +334,7 @@ def predict_files(  # noqa: PLR0915
     workers: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    *,
     progress: bool = False,
     device: str = "auto",
     list_file: str | os.PathLike[str] | None = None,
@@ -272,24 +380,13 @@ def predict_files(  # noqa: PLR0915
     ``resume`` skips the inputs whose ``path`` is already written, and refuses an output made
     with other settings (shard included), a finished CSV output, or one without the ``path``
     column.
+
+    Messages (where the RVs come from) are logged at INFO, and inputs skipped or files that
+    killed workers at WARNING; ``progress`` shows a bar of the inputs done.
     """
     started = time.perf_counter()
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-    if isinstance(shard, str):
-        shard = Shard.parse(shard)
-    if dask is not None and (workers is not None or layout is not None):
-        raise UsageError("--dask runs on the cluster's workers: --workers is for a local run")
-    to_stdout = output is not None and str(output) == "-"
-    if output is not None:
-        fmt = output_format(output)
-        if to_stdout and (resume or overwrite):
-            raise UsageError("resume and overwrite need an output file, not stdout")
-        if shard is not None and (to_stdout or fmt == "csv"):
-            raise UsageError(
-                "--shard needs a .fits or .parquet output: a part must record its shard"
-            )
-    to_file = output is not None and not to_stdout
+    shard = _check_options(batch_size, shard, dask, workers, layout, output, resume, overwrite)
+    to_file = output is not None and str(output) != "-"
     # Held for the whole run, so that a second run on the same output stops at once.
     with exclusive(output) if to_file else contextlib.nullcontext():
         if to_file:
@@ -302,73 +399,38 @@ def predict_files(  # noqa: PLR0915
 
         # With Dask the workers run the model, each on its device; here it only gives the
         # catalogue's columns and header, on the CPU (the client may have no GPU).
-        ensemble = load_ensemble(model, "cpu" if dask is not None else device, progress)
+        ensemble = load_ensemble(model, "cpu" if dask is not None else device, progress=progress)
         on_cpu = ensemble.device.type == "cpu"
         layout = layout or (WORKERS_PREDICT if on_cpu else FEEDER)
         if workers is None:
             workers = default_workers(ensemble.device.type) if len(first) >= SMALL_RUN else 0
         threads = _cores() if threads is None else threads
         runner = ModelRunner(ensemble, batch_size, raw_sigma)
-        sigma = runner.sigma
-        header = _header(ensemble, flag_rule, exposures, sigma, shard)
+        header = _header(ensemble, flag_rule, exposures, runner.sigma, shard)
         if to_file and output_format(output) == "fits":
             check_header(header)  # before, not after, the run
         summary = PredictSummary(None if output is None else os.fspath(output), runner.model_id)
-        say = stderr_console.print if progress else (lambda *a, **k: None)
 
         with tempfile.TemporaryDirectory(prefix="lamost-rrnet-rv-") as scratch:
-            rv_table = None
-            if catalogue is not None:
-                rv_table = load_rv_table(catalogue, rv_column, scratch)
-                summary.rv_column = rv_table.column
-                say(f"RV from column {rv_table.column!r} of {catalogue} ({rv_table.n_rows} rows)")
-            else:
-                say("RV by cross-correlation (no --catalogue)")
+            rv_table = _load_rv_table(catalogue, rv_column, scratch, summary)
             run = {
                 "model": runner.model_id,
                 "exposures": bool(exposures),
                 "flag": asdict(flag_rule),
-                "sigma": sigma,
+                "sigma": runner.sigma,
                 "shard": None if shard is None else f"{shard.index}/{shard.count}",
             }
-
-            def in_shard(block: list[str]) -> list[str]:
-                if shard is None:
-                    return block
-                mine = [p for p, keep in zip(block, shard.members(block), strict=True) if keep]
-                summary.outside_shard += len(block) - len(mine)
-                return mine
-
-            total = None
-            if progress:
-                blocks = chunks(iter_input_paths(paths, list_file), 4096)
-                total = sum(
-                    len(b) if shard is None else int(shard.members(b).sum()) for b in blocks
-                )
+            total = _count_inputs(paths, list_file, shard) if progress else None
             bar = make_progress(progress)
             task_id = bar.add_task("predict", total=total)
-
-            def warn(message: str) -> None:
-                say(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
-
-            def unlisted(message: str) -> None:
-                summary.unlisted_dirs += 1
-                warn(message)
-
-            seen = HashSet()  # this run's inputs, once each
-            chunk_files = FEEDER_CHUNK_FILES if layout == FEEDER else CHUNK_FILES
-
-            def tasks() -> Iterator[list[str]]:
-                inputs = iter_input_paths(paths, list_file, on_error=unlisted)
-                for block in chunks(inputs, 1024):
-                    block = in_shard(block)
-                    selected = select_inputs(block, seen, writer.done)
-                    summary.skipped_files += int(selected.done.sum())
-                    summary.repeated += int(selected.repeated.sum())
-                    bar.advance(task_id, len(block) - int(selected.take.sum()))
-                    todo = (p for p, keep in zip(block, selected.take, strict=True) if keep)
-                    yield from chunks(todo, chunk_files)
-
+            inputs = _Inputs(
+                paths,
+                list_file,
+                shard,
+                summary,
+                functools.partial(bar.advance, task_id),
+                FEEDER_CHUNK_FILES if layout == FEEDER else CHUNK_FILES,
+            )
             job = ReadJob(
                 ensemble.preprocessing.to_dict(), bool(exposures), rv_table, max_file_bytes
             )
@@ -380,12 +442,7 @@ def predict_files(  # noqa: PLR0915
                 flag_rule,
                 worker_threads,
             )
-            if dask is not None:
-                from lamost_rrnet.dask_executor import DaskExecutor
-
-                executor = DaskExecutor(dask, job, predictor, runner, progress=progress)
-            else:
-                executor = LocalExecutor(job, predictor, runner, workers, layout)
+            executor = _start_executor(dask, job, predictor, runner, workers, layout)
             try:
                 # After the executor: a cluster that cannot start or be reached leaves no
                 # journal that the next run would have to --resume.
@@ -400,14 +457,14 @@ def predict_files(  # noqa: PLR0915
                 # One BLAS thread: the batched normalization's small products are 3x dearer in
                 # CPU time with two (idle OpenBLAS threads spin), and slower in wall time too.
                 with bar, torch_threads(threads), threadpool_limits(1, user_api="blas"):
-                    for chunk in executor.run(tasks()):
+                    for chunk in executor.run(inputs.chunks(writer.done)):
                         if chunk.model_id != runner.model_id:
                             raise RRNetError(
                                 f"a worker ran model {chunk.model_id}, not {runner.model_id}: "
                                 "give --model as a path or name every worker resolves alike"
                             )
                         for message in chunk.messages:
-                            warn(message)
+                            logger.warning(message)
                         writer.write(chunk.columns)
                         summary.count(chunk)
                         bar.advance(task_id, chunk.files + chunk.not_regular)

@@ -324,12 +324,13 @@ def prepare_dataset(
     chunk_rows: int = CHUNK_ROWS,
     resume: bool = False,
     overwrite: bool = False,
-    progress: bool = True,
+    progress: bool = False,
 ) -> PrepareResult:
     """Preprocess every row of a reference table into a dataset; return counts and paths.
 
     Rows already in the dataset or the rejects table are skipped on ``resume``. Raises
     :class:`~lamost_rrnet.errors.DatasetError` when no spectrum is accepted at all.
+    ``progress`` shows a bar of the rows done.
     """
     output = Path(output)
     rejects_path = rejects_path_for(output)

@@ -19,6 +19,7 @@ from rich.markup import escape
 
 from lamost_rrnet._version import __version__
 from lamost_rrnet.cli.common import GlobalOptions
+from lamost_rrnet.cli.log import message_level, show_messages
 from lamost_rrnet.errors import RRNetError, UsageError
 from lamost_rrnet.progress import stderr_console
 
@@ -51,7 +52,10 @@ def main_callback(
         ),
     ] = False,
     quiet: Annotated[
-        bool, typer.Option("--quiet", help="No progress bars or messages on stderr.")
+        bool,
+        typer.Option(
+            "--quiet", help="Only warnings and errors on stderr: no messages or progress."
+        ),
     ] = False,
     verbose: Annotated[
         bool, typer.Option("--verbose", help="More detail, and tracebacks on errors.")
@@ -75,6 +79,8 @@ def main_callback(
         )
     ctx.obj = GlobalOptions(quiet=quiet, verbose=verbose, threads=threads, device=device)
     set_threads(threads)
+    # Until the command ends: in-process callers (tests, scripts) keep their own logging.
+    ctx.call_on_close(show_messages(message_level(quiet, verbose)))
 
 
 def hoist_global_options(argv: Sequence[str]) -> list[str]:

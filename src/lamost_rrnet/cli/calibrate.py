@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -12,10 +13,11 @@ from lamost_rrnet.cli.common import (
     ModelArgument,
     Overwrite,
     check_split,
-    info,
     options,
     output_option,
 )
+
+logger = logging.getLogger(__name__)
 
 Dataset = Annotated[
     Path,
@@ -46,7 +48,6 @@ def calibrate_command(
 ) -> None:
     """Fit one σ scale per label so that z = (pred − true)/σ has std 1 on the dataset's split,
     and write the model with these scales as a new model directory (a new version)."""
-    from rich.markup import escape
 
     from lamost_rrnet.calibrate import calibrate_model
     from lamost_rrnet.calibration import describe
@@ -62,6 +63,6 @@ def calibrate_command(
         device=opts.device,
         progress=not opts.quiet,
     )
-    info(ctx, escape(describe(calibrated.calibration, calibrated.labels)))
+    logger.info(describe(calibrated.calibration, calibrated.labels))
     identity = f"{calibrated.name}@{calibrated.version}"
-    info(ctx, escape(f"calibrated model {identity} written to {output}"))
+    logger.info(f"calibrated model {identity} written to {output}")

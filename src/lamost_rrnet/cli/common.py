@@ -1,5 +1,6 @@
-"""What every subcommand shares: the global options, the options that several commands take,
-and stderr messages.
+"""What every subcommand shares: the global options and the options that several commands
+take. Messages for the user are logged (``logging.getLogger(__name__)`` in each command's
+module) and shown by the handler of :mod:`lamost_rrnet.cli.log`.
 
 The shared options are ``typing.Annotated`` aliases, as Typer recommends: a command declares
 ``batch_size: BatchSize = 256``, with its own default.
@@ -13,7 +14,6 @@ from typing import Annotated, Any
 import typer
 
 from lamost_rrnet.names import DEFAULT_MODEL
-from lamost_rrnet.progress import stderr_console
 
 # spectra.io.MAX_BYTES in MB, written out so that --help does not import the reader
 # (tests/test_cli.py keeps the two equal).
@@ -89,15 +89,3 @@ def options(ctx: typer.Context) -> GlobalOptions:
     """The global options of this invocation, wherever on the command line they were given."""
     root = ctx.find_root()
     return root.obj if isinstance(root.obj, GlobalOptions) else GlobalOptions()
-
-
-def info(ctx: typer.Context, message: str) -> None:
-    """A message for the user on stderr, silenced by ``--quiet``."""
-    if not options(ctx).quiet:
-        stderr_console.print(message)
-
-
-def detail(ctx: typer.Context, message: str) -> None:
-    """A message shown only with ``--verbose``."""
-    if options(ctx).verbose:
-        stderr_console.print(message)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from lamost_rrnet.cli.common import Overwrite, detail, info, options, output_option
+from lamost_rrnet.cli.common import Overwrite, output_option
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from lamost_rrnet.crossmatch import CrossmatchResult, Cuts
@@ -50,7 +53,7 @@ def _cuts(
     )
 
 
-def _report(ctx: typer.Context, result: CrossmatchResult) -> None:
+def _report(result: CrossmatchResult) -> None:
     """On stderr: the notes, with --verbose the column mappings and the ambiguous matches,
     and the count of spectra and stars after each step."""
     from rich.table import Table as RichTable
@@ -58,21 +61,21 @@ def _report(ctx: typer.Context, result: CrossmatchResult) -> None:
     from lamost_rrnet.progress import stderr_console
 
     for note in result.notes:
-        info(ctx, note)
+        logger.info(note)
     for side, mapping in result.mapping.items():
         pairs = ", ".join(
             f"{k}←{v}" + (f" ({result.reasons[k]})" if k in result.reasons else "")
             for k, v in mapping.items()
         )
-        detail(ctx, f"{side} columns: {pairs}")
+        logger.debug(f"{side} columns: {pairs}")
     for row in result.ambiguous[:20]:
-        detail(
-            ctx,
+        logger.debug(
             f"  ambiguous: obsid {row['obsid']} {row['filename']}: "
             f"{row['n_candidates']} stars, nearest {row['star_id']} "
             f'at {row["separation_arcsec"]:.2f}"',
         )
-    if not options(ctx).quiet:
+    # A table, not a line of text: printed on the console that shows the log.
+    if logger.isEnabledFor(logging.INFO):
         summary = RichTable(title="crossmatch", title_justify="left")
         summary.add_column("step")
         summary.add_column("spectra", justify="right")
@@ -195,7 +198,7 @@ def crossmatch_command(
     )
     check_reference_output(output, overwrite=overwrite)
     if labels_file is None:
-        info(ctx, f"label catalogue: {labels} (VizieR {LABEL_SOURCES[labels]}, cached)")
+        logger.info(f"label catalogue: {labels} (VizieR {LABEL_SOURCES[labels]}, cached)")
     result = crossmatch(
         catalogue,
         labels=labels,
@@ -207,6 +210,6 @@ def crossmatch_command(
         cuts=cuts,
         refresh=refresh,
     )
-    _report(ctx, result)
+    _report(result)
     write_reference(result.table, output, overwrite=overwrite)
-    info(ctx, f"reference table: {len(result.table):,} spectra written to {output}")
+    logger.info(f"reference table: {len(result.table):,} spectra written to {output}")

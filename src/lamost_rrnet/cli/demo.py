@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lamost_rrnet.cli.common import Overwrite, Seed, info, options
+from lamost_rrnet.cli.common import Overwrite, Seed, options
 from lamost_rrnet.names import DEFAULT_MODEL
 
 NEXT_STEPS = f"""\
@@ -56,7 +56,6 @@ def demo_command(
         device=opts.device,
         overwrite=overwrite,
         progress=not opts.quiet,
-        say=lambda line: info(ctx, f"[bold]{line}"),
     )
     # The summary is the command's output: stdout, even with --quiet.
     console = Console(highlight=False)

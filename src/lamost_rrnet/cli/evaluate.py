@@ -3,13 +3,16 @@ catalogue against another survey's labels."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from lamost_rrnet.cli.common import BatchSize, Models, check_split, info, options
+from lamost_rrnet.cli.common import BatchSize, Models, check_split, options
 from lamost_rrnet.names import DEFAULT_MODEL
+
+logger = logging.getLogger(__name__)
 
 
 def _refuse_with_reference(**options_given: object) -> None:
@@ -156,4 +159,4 @@ def evaluate_command(
             html=html,
             progress=not opts.quiet,
         )
-    info(ctx, f"report written to {result.out_dir / 'index.md'}")
+    logger.info(f"report written to {result.out_dir / 'index.md'}")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from lamost_rrnet.cli.common import info
+logger = logging.getLogger(__name__)
 
 SpectrumFile = Annotated[
     Path, typer.Argument(exists=True, dir_okay=False, help="A LAMOST MRS FITS file.")
@@ -27,7 +28,6 @@ Save = Annotated[
 
 
 def inspect_command(
-    ctx: typer.Context,
     path: SpectrumFile,
     rv: Rv = 0.0,
     blue: Blue = "COADD_B",
@@ -53,9 +53,9 @@ def inspect_command(
         from lamost_rrnet.spectra.tables import write_normalized
 
         write_normalized(save, wavelength, normalized, rv=rv, source=str(path))
-        info(ctx, f"normalized spectrum written to {save}")
+        logger.info(f"normalized spectrum written to {save}")
     if plot is not None:
         from lamost_rrnet.spectra.plot import plot_spectrum
 
         plot_spectrum(spectrum, wavelength, normalized, plot, title=f"{mrs.filename}  RV {rv} km/s")
-        info(ctx, f"plot written to {plot}")
+        logger.info(f"plot written to {plot}")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from lamost_rrnet.cli.common import Overwrite, info, options, output_option
+from lamost_rrnet.cli.common import Overwrite, options, output_option
+
+logger = logging.getLogger(__name__)
 
 Parts = Annotated[
     list[Path],
@@ -37,7 +40,6 @@ def merge_command(
 ) -> None:
     """Merge the finished catalogues of one run (its shards) into one catalogue; refuse mixed
     models or settings, unfinished parts, repeated rows and, with --shards, missing shards."""
-    from rich.markup import escape
 
     from lamost_rrnet.catalogue import output_format
     from lamost_rrnet.merge import merge_catalogues
@@ -51,4 +53,4 @@ def merge_command(
     summary = merge_catalogues(
         parts, output, shards=shards, overwrite=overwrite, progress=not options(ctx).quiet
     )
-    info(ctx, escape(summary.text()))
+    logger.info(summary.text())

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import typer
+
+logger = logging.getLogger(__name__)
 
 app = typer.Typer(
     name="models",
@@ -58,12 +61,12 @@ def list_command() -> None:
 @app.command("download")
 def download_command(ctx: typer.Context, name: Name) -> None:
     """Fetch and verify a model into the cache now (for compute nodes without internet)."""
-    from lamost_rrnet.cli.common import info, options
+    from lamost_rrnet.cli.common import options
     from lamost_rrnet.download import fetch
     from lamost_rrnet.hub import get_entry
 
     root = fetch(name, progress=not options(ctx).quiet)
-    info(ctx, f"{name}: {len(get_entry(name).files)} files verified in {root}")
+    logger.info(f"{name}: {len(get_entry(name).files)} files verified in {root}")
 
 
 @app.command("path")
@@ -75,12 +78,11 @@ def path_command(name: Name) -> None:
 
 
 @app.command("verify")
-def verify_command(ctx: typer.Context, name: Name) -> None:
+def verify_command(name: Name) -> None:
     """Re-hash a model's cached files; exit 1 unless all are ok.
 
     One line per file on stdout: ok, missing or mismatch, a tab, the path.
     """
-    from lamost_rrnet.cli.common import info
     from lamost_rrnet.errors import ModelError
     from lamost_rrnet.hub import verify
 
@@ -93,4 +95,4 @@ def verify_command(ctx: typer.Context, name: Name) -> None:
             f"{name}: {len(bad)} of {len(statuses)} files missing or corrupt; "
             f"run `lamost-rrnet models download {name}`"
         )
-    info(ctx, f"{name}: all {len(statuses)} files verified")
+    logger.info(f"{name}: all {len(statuses)} files verified")

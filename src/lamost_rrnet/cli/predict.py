@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated
@@ -16,11 +17,12 @@ from lamost_rrnet.cli.common import (
     Overwrite,
     Resume,
     check_resume_overwrite,
-    info,
     options,
     output_option,
 )
 from lamost_rrnet.names import DEFAULT_MODEL
+
+logger = logging.getLogger(__name__)
 
 _OUTPUT_HELP = (
     "Catalogue to write: .fits, .csv or .parquet; '-' writes CSV to stdout. Without it, CSV "
@@ -167,4 +169,4 @@ def predict_command(
         shard=shard,
         dask=dask,
     )
-    info(ctx, summary.text())
+    logger.info(summary.text())

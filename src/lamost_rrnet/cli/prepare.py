@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -14,11 +15,12 @@ from lamost_rrnet.cli.common import (
     Resume,
     Seed,
     check_resume_overwrite,
-    info,
     options,
     output_option,
 )
 from lamost_rrnet.spectra.preprocess import RRNET2022, load_spec
+
+logger = logging.getLogger(__name__)
 
 
 def parse_split(text: str) -> tuple[float, float, float]:
@@ -100,11 +102,10 @@ def prepare_command(
         progress=not opts.quiet,
     )
     if result.n_resumed:
-        info(ctx, f"resumed: {result.n_resumed:,} spectra were already done")
-    info(
-        ctx,
+        logger.info(f"resumed: {result.n_resumed:,} spectra were already done")
+    logger.info(
         f"dataset: {result.n_accepted:,} spectra in {output}; "
         f"{result.n_rejected:,} rejected (see {result.rejects_path})",
     )
     for kind, n in result.reasons.most_common():
-        info(ctx, f"  rejected, {kind}: {n:,}")
+        logger.info(f"  rejected, {kind}: {n:,}")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from lamost_rrnet.cli.common import Overwrite, Resume, Seed, check_resume_overwrite, info, options
+from lamost_rrnet.cli.common import Overwrite, Resume, Seed, check_resume_overwrite, options
+
+logger = logging.getLogger(__name__)
 
 
 def parse_range(text: str, name: str) -> tuple[int, int]:
@@ -107,8 +110,7 @@ def simulate_command(
             on_progress=advance,
         )
     elapsed = time.perf_counter() - start
-    info(
-        ctx,
+    logger.info(
         f"{len(result.catalogue)} observations of {stars} stars in {out} "
         f"({result.n_written} written, {result.n_written / max(elapsed, 1e-9):.1f} files/s)",
     )

@@ -7,6 +7,7 @@ pairs; the precedence is command line > environment > config file > default.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -18,12 +19,13 @@ from lamost_rrnet.cli.common import (
     Resume,
     Seed,
     check_resume_overwrite,
-    info,
     option,
     options,
     output_option,
 )
 from lamost_rrnet.names import BUILTIN_GROUPS, GROUPS_PAPER, GROUPS_SINGLE
+
+logger = logging.getLogger(__name__)
 
 #: Click reads each option's ``LAMOST_RRNET_TRAIN_<NAME>`` (app.py registers the command so).
 CONTEXT_SETTINGS = {"auto_envvar_prefix": "LAMOST_RRNET_TRAIN"}
@@ -269,4 +271,4 @@ def train_command(
             progress=not opts.quiet,
             recipe=recipe,
         )
-    info(ctx, f"predict with: lamost-rrnet predict SPECTRA --model {output}")
+    logger.info(f"predict with: lamost-rrnet predict SPECTRA --model {output}")

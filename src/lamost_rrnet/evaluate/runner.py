@@ -102,7 +102,7 @@ def ordered_labels(names: Sequence[str]) -> list[str]:
 
 
 def load_ensemble(
-    source: str | os.PathLike[str] | Ensemble, device: torch.device, progress: bool = True
+    source: str | os.PathLike[str] | Ensemble, device: torch.device, *, progress: bool = False
 ) -> Ensemble:
     """An Ensemble on ``device`` from a registry name, a model directory or an Ensemble;
     any failure to load is a ModelError."""
@@ -167,7 +167,8 @@ def predict_dataset(
     indices: np.ndarray,
     runs: Sequence[ModelRun],
     batch_size: int = 256,
-    progress: bool = True,
+    *,
+    progress: bool = False,
 ) -> None:
     """Fill each run's pred, sigma and raw_sigma, reading the flux once per batch for all
     models and running each model once (the calibrated σ is the raw σ times its scales)."""
@@ -268,7 +269,96 @@ def _saliency_figure(
     return target, notes
 
 
-def evaluate_dataset(  # noqa: PLR0915
+def _model_run(
+    ds: Dataset,
+    indices: np.ndarray,
+    name: str,
+    source: str | os.PathLike[str] | Ensemble,
+    device: torch.device,
+    labels: Sequence[str] | None,
+    progress: bool,
+) -> ModelRun:
+    """One model loaded and checked against the dataset, with room for its predictions."""
+    ens = load_ensemble(source, device, progress=progress)
+    where = str(source) if isinstance(source, str | os.PathLike) else name
+    check_compatible(ds, ens, where)
+    chosen = select_labels(ds, ens, where, labels)
+    shape = (indices.size, len(chosen))
+    missing = [lb for lb in ds.label_names if lb not in ens.labels]
+    return ModelRun(
+        name, where, ens, chosen, np.empty(shape), np.empty(shape), np.empty(shape), missing
+    )
+
+
+def _run_figures(
+    out: Path,
+    ds: Dataset,
+    indices: np.ndarray,
+    run: ModelRun,
+    true: np.ndarray,
+    snr: np.ndarray,
+    sigma_obs: pd.DataFrame | None,
+    saliency_ranges: Sequence[tuple[float, float]],
+    batch_size: int,
+) -> list[tuple[str, Path | None]]:
+    """One model's figures, then its saliency figure and the notes on empty Teff ranges."""
+    calibration_by = {
+        lb: ds.labels(indices, [lb])[:, 0].astype(np.float64)
+        for lb in CALIBRATION_BY
+        if lb in ds.label_names
+    }
+    drawn: list[tuple[str, Path | None]] = []
+    drawn += _figures_for_model(out, run, true, snr, sigma_obs, calibration_by)
+    if saliency_ranges:
+        teff = ds.labels(indices, ["Teff[K]"])[:, 0]
+        path, notes = _saliency_figure(out, ds, indices, run, teff, saliency_ranges, batch_size)
+        if path is not None:
+            drawn.append(("saliency, mean ∂μ/∂flux (Fig. 4)", path))
+        drawn += [(note, None) for note in notes]
+    return drawn
+
+
+def _write_results(
+    out: Path,
+    dataset_info: dict,
+    n_stars: int | None,
+    runs: Sequence[ModelRun],
+    metrics: pd.DataFrame,
+    obs_parts: list[pd.DataFrame],
+    drawn: dict[str, list[tuple[str, Path | None]]],
+    labels: Sequence[str],
+    figures: bool,
+    html: bool,
+) -> EvaluationResult:
+    """The comparison figure, the report and the tables, written into ``out``."""
+    sigma_obs = (
+        pd.concat(obs_parts, ignore_index=True)[
+            ["model", "label", "snr_bin", "n_stars", "sigma_obs"]
+        ]
+        if obs_parts
+        else None
+    )
+    comparison = None
+    if figures:
+        comparison = out / "mae_comparison.png"
+        plots.plot_mae_comparison(comparison, metrics, labels)
+    report = build_dataset_report(
+        dataset_info, n_stars, runs, metrics, sigma_obs, labels, drawn, comparison, out
+    )
+    info = {
+        "dataset": dataset_info,
+        "models": [
+            {"name": r.name, "source": r.source, "version": str(r.ensemble.version)} for r in runs
+        ],
+    }
+    files = write_report_files(out, report, metrics, info, sigma_obs, html_page=html)
+    files += [p for pairs in drawn.values() for _, p in pairs if p is not None]
+    if comparison is not None:
+        files.append(comparison)
+    return EvaluationResult(out, metrics, files)
+
+
+def evaluate_dataset(
     dataset_path: str | os.PathLike[str],
     models: Sequence[str | os.PathLike[str] | Ensemble] = (DEFAULT_MODEL,),
     split: str = "test",
@@ -280,7 +370,7 @@ def evaluate_dataset(  # noqa: PLR0915
     saliency_ranges: Sequence[tuple[float, float]] = (),
     figures: bool = True,
     html: bool = False,
-    progress: bool = True,
+    progress: bool = False,
 ) -> EvaluationResult:
     """Evaluate models on one split of a prepared dataset and write the report into ``out_dir``.
 
@@ -288,7 +378,7 @@ def evaluate_dataset(  # noqa: PLR0915
     made with the dataset's preprocessing (else :class:`DatasetError`). ``labels`` restricts
     the evaluation; by default every dataset label a model predicts is evaluated.
     ``saliency_ranges`` are (lo, hi) true-Teff ranges for the saliency figure; ``figures``
-    False writes only the tables.
+    False writes only the tables. ``progress`` shows a bar while the models predict.
     """
     import h5py
 
@@ -306,28 +396,12 @@ def evaluate_dataset(  # noqa: PLR0915
         indices = ds.indices(split)
         if saliency_ranges and figures and "Teff[K]" not in ds.label_names:
             raise DatasetError(f"{ds.path}: has no Teff[K] label to select saliency ranges")
-        runs = []
-        for name, source in zip(model_names(models), models, strict=True):
-            ens = load_ensemble(source, torch_device, progress)
-            where = str(source) if isinstance(source, str | os.PathLike) else name
-            check_compatible(ds, ens, where)
-            chosen = select_labels(ds, ens, where, labels)
-            shape = (indices.size, len(chosen))
-            missing = [lb for lb in ds.label_names if lb not in ens.labels]
-            runs.append(
-                ModelRun(
-                    name,
-                    where,
-                    ens,
-                    chosen,
-                    np.empty(shape),
-                    np.empty(shape),
-                    np.empty(shape),
-                    missing,
-                )
-            )
+        runs = [
+            _model_run(ds, indices, name, source, torch_device, labels, progress)
+            for name, source in zip(model_names(models), models, strict=True)
+        ]
         all_labels = ordered_labels(list(dict.fromkeys(lb for r in runs for lb in r.labels)))
-        predict_dataset(ds, indices, runs, batch_size, progress)
+        predict_dataset(ds, indices, runs, batch_size, progress=progress)
         snr = spectrum_snr(ds.meta("snr_blue", indices), ds.meta("snr_red", indices))
         star_id = ds.meta("star_id", indices) if "star_id" in ds.meta_columns else None
         metrics_parts, obs_parts, drawn = [], [], {}
@@ -351,48 +425,15 @@ def evaluate_dataset(  # noqa: PLR0915
                 sigma_obs = repeat_scatter(run.pred, star_id, snr, run.labels)
                 obs_parts.append(sigma_obs.assign(model=run.name))
             if figures:
-                calibration_by = {
-                    lb: ds.labels(indices, [lb])[:, 0].astype(np.float64)
-                    for lb in CALIBRATION_BY
-                    if lb in ds.label_names
-                }
-                drawn[run.name] = _figures_for_model(out, run, true, snr, sigma_obs, calibration_by)
-                if saliency_ranges:
-                    teff = ds.labels(indices, ["Teff[K]"])[:, 0]
-                    path, notes = _saliency_figure(
-                        out, ds, indices, run, teff, saliency_ranges, batch_size
-                    )
-                    if path is not None:
-                        drawn[run.name].append(("saliency, mean ∂μ/∂flux (Fig. 4)", path))
-                    drawn[run.name] += [(note, None) for note in notes]
+                drawn[run.name] = _run_figures(
+                    out, ds, indices, run, true, snr, sigma_obs, saliency_ranges, batch_size
+                )
         n_stars = len(np.unique(star_id)) if star_id is not None else None
         dataset_info = {"path": str(ds.path), "split": split, "n_spectra": int(indices.size)}
     metrics = pd.concat(metrics_parts, ignore_index=True)
-    sigma_obs_all = (
-        pd.concat(obs_parts, ignore_index=True)[
-            ["model", "label", "snr_bin", "n_stars", "sigma_obs"]
-        ]
-        if obs_parts
-        else None
+    return _write_results(
+        out, dataset_info, n_stars, runs, metrics, obs_parts, drawn, all_labels, figures, html
     )
-    comparison = None
-    if figures:
-        comparison = out / "mae_comparison.png"
-        plots.plot_mae_comparison(comparison, metrics, all_labels)
-    report = build_dataset_report(
-        dataset_info, n_stars, runs, metrics, sigma_obs_all, all_labels, drawn, comparison, out
-    )
-    info = {
-        "dataset": dataset_info,
-        "models": [
-            {"name": r.name, "source": r.source, "version": str(r.ensemble.version)} for r in runs
-        ],
-    }
-    files = write_report_files(out, report, metrics, info, sigma_obs_all, html_page=html)
-    files += [p for pairs in drawn.values() for _, p in pairs if p is not None]
-    if comparison is not None:
-        files.append(comparison)
-    return EvaluationResult(out, metrics, files)
 
 
 def build_dataset_report(

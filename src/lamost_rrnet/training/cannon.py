@@ -26,6 +26,7 @@ A pixel without any weight gets θ = 0 and s² = ∞: it carries no weight at te
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -34,7 +35,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from rich.markup import escape
 
 from lamost_rrnet._version import __version__
 from lamost_rrnet.calibrate import calibrate
@@ -45,9 +45,11 @@ from lamost_rrnet.errors import DatasetError
 from lamost_rrnet.locking import exclusive
 from lamost_rrnet.models.cannon import Cannon, design_matrix
 from lamost_rrnet.names import GROUPS_SINGLE
-from lamost_rrnet.progress import stderr_console
-from lamost_rrnet.training.groups import resolve_groups
+from lamost_rrnet.progress import make_progress
+from lamost_rrnet.training.groups import GroupSpec, resolve_groups
 from lamost_rrnet.training.loop import _prepare_output
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_RIDGE = 1e-3
 #: Pixels whose normal matrices are built together: 512 × 171 × 172 / 2 float64 is 60 MB.
@@ -159,6 +161,38 @@ def _mae_line(mu: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> str:
     return ", ".join(f"{n} {m:.4g}" for n, m in zip(names, mae, strict=True))
 
 
+def _fit_groups(
+    specs: Sequence[GroupSpec],
+    names: list[str],
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    z: np.ndarray,
+    arms: list[int],
+    ridge: float,
+    dataset_path: Path,
+    progress: bool,
+) -> tuple[list[LabelGroup], dict[str, dict[str, int]]]:
+    """A Cannon per label group, fitted on the rows with all of its labels (``z``, the
+    standardized labels of ``names``); returns the groups and the rows each used."""
+    label_groups, rows_used = [], {}
+    with make_progress(progress) as bar:
+        task = bar.add_task("fitting", total=len(specs))
+        for spec in specs:
+            cols = [names.index(label) for label in spec.labels]
+            rows = np.isfinite(z[:, cols]).all(axis=1)
+            if not rows.any():
+                raise DatasetError(
+                    f"{dataset_path}: group {spec.name} has no training row with all of "
+                    f"{', '.join(spec.labels)}"
+                )
+            fit = fit_cannon(flux[rows], ivar[rows], z[np.ix_(rows, cols)], ridge)
+            member = Cannon(len(cols), arms=arms).set_fit(fit.theta, fit.scatter2)
+            label_groups.append(LabelGroup(spec.name, list(spec.labels), [member]))
+            rows_used[spec.name] = {"train": int(rows.sum()), "dropped": int((~rows).sum())}
+            bar.advance(task)
+    return label_groups, rows_used
+
+
 def train_cannon(
     dataset_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -167,17 +201,17 @@ def train_cannon(
     ridge: float = DEFAULT_RIDGE,
     overwrite: bool = False,
     name: str | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> Ensemble:
     """Fit a quadratic Cannon per label group (by default one of every label) on the
     training split of ``dataset_path`` and save it as the model directory ``out_dir``.
 
     Training rows with a NaN label of the group or non-finite flux are left out. The flux
     normalization of the model is the identity (the Cannon models normalized flux); the label
-    normalization is the training split's mean and std, as for the networks.
+    normalization is the training split's mean and std, as for the networks. The fit's time
+    and validation MAE are logged at INFO; ``progress`` shows a bar of the groups fitted.
     """
     started = time.perf_counter()
-    say = stderr_console.print if progress else (lambda *a, **k: None)
     out_dir = Path(out_dir)
     dataset_path = Path(dataset_path)
     with exclusive(out_dir):
@@ -201,20 +235,10 @@ def train_cannon(
         label_std[~(label_std > 0)] = 1.0
         z = (known - label_mean) / label_std
         fit_start = time.perf_counter()
-        label_groups, rows_used = [], {}
-        for spec in specs:
-            cols = [names.index(label) for label in spec.labels]
-            rows = np.isfinite(z[:, cols]).all(axis=1)
-            if not rows.any():
-                raise DatasetError(
-                    f"{dataset_path}: group {spec.name} has no training row with all of "
-                    f"{', '.join(spec.labels)}"
-                )
-            fit = fit_cannon(flux[rows], ivar[rows], z[np.ix_(rows, cols)], ridge)
-            arms = [grid.size for grid in preprocessing.grids()]
-            member = Cannon(len(cols), arms=arms).set_fit(fit.theta, fit.scatter2)
-            label_groups.append(LabelGroup(spec.name, list(spec.labels), [member]))
-            rows_used[spec.name] = {"train": int(rows.sum()), "dropped": int((~rows).sum())}
+        arms = [grid.size for grid in preprocessing.grids()]
+        label_groups, rows_used = _fit_groups(
+            specs, names, flux, ivar, z, arms, ridge, dataset_path, progress
+        )
         fit_seconds = time.perf_counter() - fit_start
         n_pixels = preprocessing.n_pixels
         normalization = Normalization(
@@ -246,11 +270,11 @@ def train_cannon(
         valid_mu, _ = ensemble.predict(valid_flux)
         valid_mu = valid_mu[:, [ensemble.labels.index(n) for n in names]]
         mae = _mae_line(valid_mu, valid_labels, names)
-        say(f"fitted in {fit_seconds:.1f} s; validation MAE: {mae}")
+        logger.info(f"fitted in {fit_seconds:.1f} s; validation MAE: {mae}")
         # The label-fit covariance alone is too narrow (it knows no model error): σ scales from
         # the validation split, as for the networks (docs/training.md, "Calibration").
         ensemble = calibrate(ensemble, dataset_path, "valid")
-        say(escape(describe(ensemble.calibration, ensemble.labels)))
+        logger.info(describe(ensemble.calibration, ensemble.labels))
         ensemble.save(out_dir)
-        say(f"model written to {out_dir} ({time.perf_counter() - started:.1f} s in all)")
+        logger.info(f"model written to {out_dir} ({time.perf_counter() - started:.1f} s in all)")
         return ensemble

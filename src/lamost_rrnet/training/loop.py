@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import os
 import time
@@ -22,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.markup import escape
 
 from lamost_rrnet._version import __version__
 from lamost_rrnet.calibrate import calibrate
@@ -34,7 +34,7 @@ from lamost_rrnet.errors import OutputExistsError, RRNetError, UsageError
 from lamost_rrnet.locking import exclusive
 from lamost_rrnet.models import create_model, list_models
 from lamost_rrnet.names import GROUPS_PAPER
-from lamost_rrnet.progress import make_progress, stderr_console
+from lamost_rrnet.progress import make_progress
 from lamost_rrnet.training.augment import BatchAugmenter
 from lamost_rrnet.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from lamost_rrnet.training.data import TrainingData, load_training_data
@@ -49,6 +49,8 @@ from lamost_rrnet.training.history import (
 )
 from lamost_rrnet.training.members import RECIPES, MemberEpoch, Recipe, Shard
 from lamost_rrnet.training.stacked import StackedNet
+
+logger = logging.getLogger(__name__)
 
 #: Called after each completed (and checkpointed) epoch with its number and history rows.
 EpochCallback = Callable[[int, list[dict]], None]
@@ -340,7 +342,109 @@ def _prepare_output(out_dir: Path, resume: bool, overwrite: bool) -> dict | None
     return None
 
 
-def train_ensemble(  # noqa: PLR0915
+def _plain_arch_kwargs(arch: str, arch_kwargs: Mapping | None) -> dict:
+    """``arch_kwargs`` as plain JSON data (tuples become lists), as the checkpoint and
+    model.yaml store it, checked by building one model: wrong ones fail here, not mid-run."""
+    plain = json.loads(json.dumps(dict(arch_kwargs or {})))
+    try:
+        create_model(arch, 1, **plain)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"architecture {arch} with {plain}: {exc}") from exc
+    return plain
+
+
+def _log_dropped_rows(groups: list[GroupSpec], data: TrainingData) -> None:
+    for group in groups:
+        for split, rows in data.groups[group.name].items():
+            if rows.dropped:
+                logger.info(
+                    f"group {group.name}: {rows.dropped} of {data.n_rows[split]} {split} rows "
+                    "dropped (NaN labels or flux)"
+                )
+
+
+@dataclass
+class _Outcome:
+    """How the epochs ended: all of them, or early (converged or out of time)."""
+
+    stopped_early: bool = False
+    converged: bool = False
+
+
+def _train_epochs(
+    run: _Run,
+    out_dir: Path,
+    labels: list[str],
+    started: float,
+    max_minutes: float | None,
+    callback: EpochCallback | None,
+    progress: bool,
+) -> _Outcome:
+    """Run the epochs after the run's last one, checkpointing and logging each."""
+    epochs, recipe = run.settings.epochs, run.settings.recipe
+    outcome = _Outcome()
+    board = TensorBoardLog(out_dir / TENSORBOARD_DIR)
+    try:
+        # Worker threads take torch's thread count when they first compute: set it first.
+        with (
+            torch_threads(run.threads),
+            ThreadPoolExecutor(run.workers) as pool,
+            make_progress(progress, transient=True) as bar,
+        ):
+            epochs_task = bar.add_task("epochs", total=epochs, completed=run.epoch)
+            for epoch in range(run.epoch + 1, epochs + 1):
+                t0 = time.perf_counter()
+                batches = bar.add_task(f"epoch {epoch}", total=run.n_batches())
+                rows = run.run_epoch(epoch, pool, functools.partial(bar.advance, batches))
+                bar.remove_task(batches)
+                save_checkpoint(out_dir / CHECKPOINT_FILE, run.state())
+                write_history(out_dir / HISTORY_FILE, run.history, labels)
+                board.log(rows)
+                seconds = time.perf_counter() - t0
+                bar.advance(epochs_task)
+                logger.info(_summary(epoch, epochs, recipe.lr_at(epoch), seconds, rows))
+                if callback is not None:
+                    callback(epoch, rows)
+                elapsed = time.perf_counter() - started
+                if epoch < epochs and 0 < recipe.patience <= run.epochs_without_progress():
+                    logger.info(
+                        f"stopping after epoch {epoch}: no better validation loss for "
+                        f"{recipe.patience} epochs; keeping each member's best"
+                    )
+                    outcome.converged = True
+                    break
+                if epoch < epochs and max_minutes is not None:
+                    if elapsed + seconds > 60.0 * max_minutes:
+                        logger.info(
+                            f"stopping after epoch {epoch} of {epochs}: the next would pass "
+                            f"{max_minutes:g} minutes; --resume continues the run"
+                        )
+                        outcome.stopped_early = True
+                        break
+    finally:
+        board.close()
+    return outcome
+
+
+def _provenance(dataset_path: str | os.PathLike[str], run: _Run, outcome: _Outcome) -> dict:
+    """What the model records of how it was trained."""
+    return {
+        "dataset": str(Path(dataset_path).resolve()),
+        "trained_with": f"lamost-rrnet {__version__}, torch {torch.__version__}",
+        "settings": run.settings.to_dict(),
+        "epochs_completed": run.epoch,
+        "stopped_early": outcome.stopped_early,
+        "converged": outcome.converged,
+        "best_epochs": {g: [b for s in sh for b in s.best_epoch] for g, sh in run.shards.items()},
+        "rows": {
+            g.name: {split: int(rows.rows.size) for split, rows in run.data.groups[g.name].items()}
+            for g in run.groups
+        },
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def train_ensemble(
     dataset_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     members: int = 6,
@@ -360,7 +464,7 @@ def train_ensemble(  # noqa: PLR0915
     max_minutes: float | None = None,
     overwrite: bool = False,
     name: str | None = None,
-    progress: bool = True,
+    progress: bool = False,
     callback: EpochCallback | None = None,
     recipe: str | Recipe = "default",
 ) -> Ensemble:
@@ -385,35 +489,23 @@ def train_ensemble(  # noqa: PLR0915
     (:mod:`lamost_rrnet.calibration`). ``resume=True`` continues from the checkpoint (or
     starts when ``out_dir`` is empty or absent) and gives the weights an uninterrupted run
     would have. ``max_minutes`` stops after the epoch that would otherwise overrun it, and
-    saves the best weights so far.
+    saves the best weights so far. A line per epoch is logged at INFO; ``progress`` shows bars
+    of the epochs and of the current epoch's batches.
     """
     started = time.perf_counter()
     recipe = _recipe(recipe, batch_size, lr, noise_prob, noise_from_epoch)
     _check_arguments(members, arch, epochs, recipe)
-    # Plain JSON data (tuples become lists), as the checkpoint and model.yaml store it.
-    arch_kwargs = json.loads(json.dumps(dict(arch_kwargs or {})))
-    try:  # wrong keyword arguments fail here, not mid-run
-        create_model(arch, 1, **arch_kwargs)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"architecture {arch} with {arch_kwargs}: {exc}") from exc
+    arch_kwargs = _plain_arch_kwargs(arch, arch_kwargs)
     out_dir = Path(out_dir)
     with exclusive(out_dir):  # one run at a time in a directory
         checkpoint = _prepare_output(out_dir, resume, overwrite)
-        say = stderr_console.print if progress else (lambda *a, **k: None)
-
         with open_dataset(dataset_path) as ds:
             label_names = ds.label_names
         group_specs = resolve_groups(groups, label_names, dataset_path)
         data = load_training_data(
             dataset_path, group_specs, batch_size, with_noise=recipe.noise == "ivar"
         )
-        for group in group_specs:
-            for split, rows in data.groups[group.name].items():
-                if rows.dropped:
-                    say(
-                        f"group {group.name}: {rows.dropped} of {data.n_rows[split]} {split} rows "
-                        "dropped (NaN labels or flux)"
-                    )
+        _log_dropped_rows(group_specs, data)
         settings = Settings(
             members,
             arch,
@@ -426,75 +518,20 @@ def train_ensemble(  # noqa: PLR0915
         run = _Run(settings, group_specs, data, _layout(members, len(group_specs), device, devices))
         if checkpoint is not None:
             run.restore(checkpoint, out_dir / CHECKPOINT_FILE)
-            say(f"resuming {out_dir} after epoch {run.epoch}")
+            logger.info(f"resuming {out_dir} after epoch {run.epoch}")
         else:
             torch.manual_seed(seed)
         out_dir.mkdir(parents=True, exist_ok=True)
         labels = [label for g in group_specs for label in g.labels]
-        board = TensorBoardLog(out_dir / TENSORBOARD_DIR)
-        stopped_early = converged = False
-        try:
-            # Worker threads take torch's thread count when they first compute: set it first.
-            with (
-                torch_threads(run.threads),
-                ThreadPoolExecutor(run.workers) as pool,
-                make_progress(progress, transient=True) as bar,
-            ):
-                epochs_task = bar.add_task("epochs", total=epochs, completed=run.epoch)
-                for epoch in range(run.epoch + 1, epochs + 1):
-                    t0 = time.perf_counter()
-                    batches = bar.add_task(f"epoch {epoch}", total=run.n_batches())
-                    rows = run.run_epoch(epoch, pool, functools.partial(bar.advance, batches))
-                    bar.remove_task(batches)
-                    save_checkpoint(out_dir / CHECKPOINT_FILE, run.state())
-                    write_history(out_dir / HISTORY_FILE, run.history, labels)
-                    board.log(rows)
-                    seconds = time.perf_counter() - t0
-                    bar.advance(epochs_task)
-                    say(_summary(epoch, epochs, recipe.lr_at(epoch), seconds, rows))
-                    if callback is not None:
-                        callback(epoch, rows)
-                    elapsed = time.perf_counter() - started
-                    if epoch < epochs and 0 < recipe.patience <= run.epochs_without_progress():
-                        say(
-                            f"stopping after epoch {epoch}: no better validation loss for "
-                            f"{recipe.patience} epochs; keeping each member's best"
-                        )
-                        converged = True
-                        break
-                    if epoch < epochs and max_minutes is not None:
-                        if elapsed + seconds > 60.0 * max_minutes:
-                            say(
-                                f"stopping after epoch {epoch} of {epochs}: the next would pass "
-                                f"{max_minutes:g} minutes; --resume continues the run"
-                            )
-                            stopped_early = True
-                            break
-        finally:
-            board.close()
+        outcome = _train_epochs(run, out_dir, labels, started, max_minutes, callback, progress)
         if run.history:
             plot_loss_curves(out_dir / LOSS_CURVE_FILE, run.history)
-
-        provenance = {
-            "dataset": str(Path(dataset_path).resolve()),
-            "trained_with": f"lamost-rrnet {__version__}, torch {torch.__version__}",
-            "settings": settings.to_dict(),
-            "epochs_completed": run.epoch,
-            "stopped_early": stopped_early,
-            "converged": converged,
-            "best_epochs": {
-                g: [b for s in sh for b in s.best_epoch] for g, sh in run.shards.items()
-            },
-            "rows": {
-                g.name: {split: int(rows.rows.size) for split, rows in data.groups[g.name].items()}
-                for g in group_specs
-            },
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        ensemble = run.ensemble(name or out_dir.resolve().name, provenance)
+        ensemble = run.ensemble(
+            name or out_dir.resolve().name, _provenance(dataset_path, run, outcome)
+        )
         # σ scales from the validation split (docs/training.md, "Calibration").
         ensemble = calibrate(ensemble.to(device), dataset_path, "valid", batch_size).to("cpu")
-        say(escape(describe(ensemble.calibration, ensemble.labels)))
+        logger.info(describe(ensemble.calibration, ensemble.labels))
         ensemble.save(out_dir)
-        say(f"model written to {out_dir}")
+        logger.info(f"model written to {out_dir}")
         return ensemble
