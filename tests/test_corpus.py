@@ -67,7 +67,114 @@ def _with_extension_first(raw: bytes, extension: bytes) -> bytes:
     return raw[:first] + extension + raw[first:]
 
 
-def build_corpus(root: Path) -> tuple[dict[bytes, str | None], set[bytes]]:  # noqa: PLR0915
+#: A corpus file: its bytes and the status of its row (None: any non-empty status with flag 0
+#: forced; '': a good row).
+Entry = tuple[bytes, str | None]
+
+
+def _copies(good: bytes, goodz: bytes) -> dict[str | bytes, Entry]:
+    """The good file under names that stress paths, and with an extra exposure: good rows."""
+    copies = {b"good.fits", b"good.fits.gz", b"sub-a/x.fits", b"sub-b/x.fits",
+              "\u00e9toile \u2605.fits".encode(), b"with space.fits", b"bad-\xff-name.fits",
+              b"new\nline.fits", b"quote'\"\\name.fits", b"n" * 200 + b".fits"}  # fmt: skip
+    files: dict[str | bytes, Entry] = {
+        name: (goodz if name.endswith(b".gz") else good, "") for name in copies
+    }
+    extra = _arms(0) + [_arm("B-100", BLUE, np.random.default_rng(9))]
+    files["extra-extension.fits"] = (_fits(arms=extra), "")
+    return files
+
+
+def _damaged(good: bytes, goodz: bytes) -> dict[str | bytes, Entry]:
+    """Files cut short, overwritten or not FITS at all."""
+    corrupt = bytearray(goodz)
+    corrupt[len(corrupt) // 2 : len(corrupt) // 2 + 64] = b"\x55" * 64
+    return {
+        "truncated.fits.gz": (goodz[: len(goodz) // 2], None),
+        "corrupt.fits.gz": (bytes(corrupt), None),
+        "empty.fits": (b"", None),
+        "empty.fits.gz": (b"", None),
+        "text.fits": (b"SIMPLE  = this is not FITS\n" * 10, None),
+        "gzipped-text.fits.gz": (gzip.compress(b"hello\n" * 100), None),
+        "primary-only.fits": (good[: good.index(b"XTENSION")], None),
+        "header-only.fits": (good[: good.index(b"XTENSION") + 2880], None),
+        "truncated-data.fits": (good[: len(good) - 5000], None),
+    }
+
+
+def _odd_spectra(good: bytes) -> dict[str | bytes, Entry]:
+    """Readable files whose arms or columns are missing, empty, non-finite or misplaced."""
+    rng = np.random.default_rng(1)
+    files: dict[str | bytes, Entry] = {}
+    exposures = [_arm("B-100", BLUE, rng), _arm("R-100", RED, rng)]
+    files["no-coadd.fits"] = (_fits(arms=exposures), None)
+    files["one-arm.fits"] = (_fits(arms=_arms()[:1]), None)
+    # Without IVAR every pixel counts as measured (spectra.io): the same labels.
+    files["no-ivar-column.fits"] = (good.replace(b"'IVAR    '", b"'XVAR    '"), "")
+    files["no-flux-column.fits"] = (good.replace(b"'FLUX    '", b"'FLUQ    '"), None)
+    for name, value in (("nan", np.nan), ("inf", np.inf), ("zero", 0.0), ("negative", -1.0)):
+        arms = _arms()
+        arms[0].flux[:] = value
+        files[f"{name}-flux.fits"] = (_fits(arms=arms), None)
+    arms = _arms()
+    arms[0].ivar[:] = np.nan
+    files["nan-ivar.fits"] = (_fits(arms=arms), None)
+    empty = [Arm(name, *(np.zeros(0, np.float32),) * 3, np.zeros(0, np.int32), 50.0)
+             for name in ("COADD_B", "COADD_R")]  # fmt: skip
+    files["empty-arms.fits"] = (_fits(arms=empty), None)
+    files["ten-pixel-arms.fits"] = (_fits(arms=[_arm("COADD_B", BLUE, rng, n=10),
+                                               _arm("COADD_R", RED, rng, n=10)]), None)  # fmt: skip
+    files["swapped-arms.fits"] = (
+        _fits(arms=[_arm("COADD_B", RED, rng), _arm("COADD_R", BLUE, rng)]), None
+    )  # fmt: skip
+    files["narrow.fits"] = (_fits(arms=[_arm("COADD_B", (5100.0, 5300.0), rng),
+                                       _arm("COADD_R", RED, rng)]), None)  # fmt: skip
+    files["dark.fits"] = (_fits(snr=0.0), None)  # readable, S/N 0: labels with flag 0 (low_snr)
+    return files
+
+
+def _lying_and_large(good: bytes) -> dict[str | bytes, Entry]:
+    """Headers that lie about sizes, extensions that would not fit in memory, files over the
+    limit, and catalogue cards of the wrong type or range."""
+    files: dict[str | bytes, Entry] = {
+        "lying-naxis2.fits": (_replace_card(good, "NAXIS2", "99999999"), None),
+        "lying-naxis2-small.fits": (_replace_card(good, "NAXIS2", "10"), None),
+        "lying-bitpix.fits": (_replace_card(good, "BITPIX", "-64", nth=1), None),
+        "negative-naxis1.fits": (_replace_card(good, "NAXIS1", "-20"), None),
+        "huge-tfields.fits": (_replace_card(good, "TFIELDS", "999999999"), None),
+    }
+    # Extensions that are not read are streamed past, whatever they declare: good rows.
+    files["bomb.fits.gz"] = (gzip.compress(_with_extension_first(good, _bomb_extension(40 << 20)),
+                                           compresslevel=1, mtime=0), "")  # fmt: skip
+    files["padded.fits"] = (_with_extension_first(good, _bomb_extension(3 << 20)), "")
+    rng = np.random.default_rng(4)
+    files["over-the-limit.fits"] = (_fits(arms=[_arm("COADD_B", BLUE, rng, n=200_000),
+                                               _arm("COADD_R", RED, rng, n=200_000)]),
+                                    "too_large")  # fmt: skip
+    for name, header in (
+        ("obsid-beyond-int64.fits", {**HEADER, "OBSID": 2**70}),
+        ("obsid-text.fits", {**HEADER, "OBSID": "not-a-number"}),
+        ("ra-text.fits", {**HEADER, "RA": "abc"}),
+        ("dec-out-of-range.fits", {**HEADER, "DEC": 1e300}),
+    ):
+        files[name] = (_fits(header=header), "bad_header")
+    files["lmjd-huge.fits"] = (_fits(header={**HEADER, "LMJD": 10**30}), "")  # not a catalogue card
+    return files
+
+
+def _links_and_oddities(root: Path) -> dict[bytes, str | None]:
+    """Links to the good file, a dangling link, and what is not a regular file."""
+    os.symlink(root / "good.fits", root / "symlink.fits")
+    os.link(root / "good.fits", root / "hardlink.fits")
+    os.symlink(root / "gone.fits", root / "dangling.fits")  # a stale name: a not_found row
+    (root / "directory.fits").mkdir()
+    (root / "directory.fits" / "inner.txt").write_text("a directory named like a spectrum")
+    os.mkfifo(root / "fifo.fits")
+    (root / "notes.txt").write_text("not a spectrum by its name")
+    return {b"symlink.fits": "", b"hardlink.fits": "", b"dangling.fits": "not_found"}
+
+
+def build_corpus(root: Path) -> tuple[dict[bytes, str | None], set[bytes]]:
     """Write the corpus under ``root``.
 
     Returns the expected status of every input that must give a row (None: any non-empty
@@ -76,94 +183,15 @@ def build_corpus(root: Path) -> tuple[dict[bytes, str | None], set[bytes]]:  # n
     """
     good = _fits()
     goodz = gzip.compress(good, mtime=0)
-    files: dict[bytes, bytes] = {}
+    files = {**_copies(good, goodz), **_damaged(good, goodz), **_odd_spectra(good),
+             **_lying_and_large(good)}  # fmt: skip
     expect: dict[bytes, str | None] = {}
-
-    def add(name: str | bytes, data: bytes, status: str | None) -> None:
-        key = os.fsencode(name)
-        files[key] = data
-        expect[key] = status
-
-    copies = {b"good.fits", b"good.fits.gz", b"sub-a/x.fits", b"sub-b/x.fits",
-              "\u00e9toile \u2605.fits".encode(), b"with space.fits", b"bad-\xff-name.fits",
-              b"new\nline.fits", b"quote'\"\\name.fits", b"n" * 200 + b".fits",
-              b"extra-extension.fits"}  # fmt: skip
-    for name in copies - {b"extra-extension.fits"}:
-        add(name, goodz if name.endswith(b".gz") else good, "")
-    extra = _arms(0) + [_arm("B-100", BLUE, np.random.default_rng(9))]
-    add("extra-extension.fits", _fits(arms=extra), "")
-
-    rng = np.random.default_rng(1)
-    add("truncated.fits.gz", goodz[: len(goodz) // 2], None)
-    corrupt = bytearray(goodz)
-    corrupt[len(corrupt) // 2 : len(corrupt) // 2 + 64] = b"\x55" * 64
-    add("corrupt.fits.gz", bytes(corrupt), None)
-    add("empty.fits", b"", None)
-    add("empty.fits.gz", b"", None)
-    add("text.fits", b"SIMPLE  = this is not FITS\n" * 10, None)
-    add("gzipped-text.fits.gz", gzip.compress(b"hello\n" * 100), None)
-    add("primary-only.fits", good[: good.index(b"XTENSION")], None)
-    add("header-only.fits", good[: good.index(b"XTENSION") + 2880], None)
-    add("truncated-data.fits", good[: len(good) - 5000], None)
-    exposures = [_arm("B-100", BLUE, rng), _arm("R-100", RED, rng)]
-    add("no-coadd.fits", _fits(arms=exposures), None)
-    add("one-arm.fits", _fits(arms=_arms()[:1]), None)
-    # Without IVAR every pixel counts as measured (spectra.io): the same labels.
-    add("no-ivar-column.fits", good.replace(b"'IVAR    '", b"'XVAR    '"), "")
-    add("no-flux-column.fits", good.replace(b"'FLUX    '", b"'FLUQ    '"), None)
-    for name, value in (("nan", np.nan), ("inf", np.inf), ("zero", 0.0), ("negative", -1.0)):
-        arms = _arms()
-        arms[0].flux[:] = value
-        add(f"{name}-flux.fits", _fits(arms=arms), None)
-    arms = _arms()
-    arms[0].ivar[:] = np.nan
-    add("nan-ivar.fits", _fits(arms=arms), None)
-    empty = [Arm(name, *(np.zeros(0, np.float32),) * 3, np.zeros(0, np.int32), 50.0)
-             for name in ("COADD_B", "COADD_R")]  # fmt: skip
-    add("empty-arms.fits", _fits(arms=empty), None)
-    add("ten-pixel-arms.fits", _fits(arms=[_arm("COADD_B", BLUE, rng, n=10),
-                                           _arm("COADD_R", RED, rng, n=10)]), None)  # fmt: skip
-    add("swapped-arms.fits", _fits(arms=[_arm("COADD_B", RED, rng), _arm("COADD_R", BLUE, rng)]),
-        None)  # fmt: skip
-    add("narrow.fits", _fits(arms=[_arm("COADD_B", (5100.0, 5300.0), rng),
-                                   _arm("COADD_R", RED, rng)]), None)  # fmt: skip
-    add("lying-naxis2.fits", _replace_card(good, "NAXIS2", "99999999"), None)
-    add("lying-naxis2-small.fits", _replace_card(good, "NAXIS2", "10"), None)
-    add("lying-bitpix.fits", _replace_card(good, "BITPIX", "-64", nth=1), None)
-    add("negative-naxis1.fits", _replace_card(good, "NAXIS1", "-20"), None)
-    add("huge-tfields.fits", _replace_card(good, "TFIELDS", "999999999"), None)
-    # Extensions that are not read are streamed past, whatever they declare: good rows.
-    add("bomb.fits.gz", gzip.compress(_with_extension_first(good, _bomb_extension(40 << 20)),
-                                      compresslevel=1, mtime=0), "")  # fmt: skip
-    add("padded.fits", _with_extension_first(good, _bomb_extension(3 << 20)), "")
-    rng = np.random.default_rng(4)
-    add("over-the-limit.fits", _fits(arms=[_arm("COADD_B", BLUE, rng, n=200_000),
-                                           _arm("COADD_R", RED, rng, n=200_000)]),
-        "too_large")  # fmt: skip
-    for name, header in (
-        ("obsid-beyond-int64.fits", {**HEADER, "OBSID": 2**70}),
-        ("obsid-text.fits", {**HEADER, "OBSID": "not-a-number"}),
-        ("ra-text.fits", {**HEADER, "RA": "abc"}),
-        ("dec-out-of-range.fits", {**HEADER, "DEC": 1e300}),
-    ):
-        add(name, _fits(header=header), "bad_header")
-    add("lmjd-huge.fits", _fits(header={**HEADER, "LMJD": 10**30}), "")  # not a catalogue card
-    add("dark.fits", _fits(snr=0.0), None)  # readable, S/N 0: labels with flag 0 (low_snr)
-
-    for name, data in files.items():
+    for name, (data, status) in files.items():
         path = root / os.fsdecode(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-    os.symlink(root / "good.fits", root / "symlink.fits")
-    expect[b"symlink.fits"] = ""
-    os.link(root / "good.fits", root / "hardlink.fits")
-    expect[b"hardlink.fits"] = ""
-    os.symlink(root / "gone.fits", root / "dangling.fits")  # a stale name: a not_found row
-    expect[b"dangling.fits"] = "not_found"
-    (root / "directory.fits").mkdir()
-    (root / "directory.fits" / "inner.txt").write_text("a directory named like a spectrum")
-    os.mkfifo(root / "fifo.fits")
-    (root / "notes.txt").write_text("not a spectrum by its name")
+        expect[os.fsencode(name)] = status
+    expect.update(_links_and_oddities(root))
     good_copies = {k for k, v in expect.items() if v == ""}
     return expect, good_copies
 

@@ -379,7 +379,51 @@ def _read_arm(where: str, header: dict, data: np.ndarray, extname: str) -> tuple
     return Arm(extname, wavelength, flux, ivar, mask, snr, andmask, keep), layout
 
 
-def read_mrs(  # noqa: PLR0915
+def _open(path: str, max_bytes: int) -> _Reader:
+    """A reader of ``path``; a file that cannot be opened is a SpectrumError naming it."""
+    try:
+        return _Reader(path, max_bytes)
+    except FileNotFoundError as exc:
+        raise SpectrumError(f"{path}: no such file") from exc
+    except OSError as exc:
+        raise SpectrumError(f"{path}: cannot be opened ({exc.strerror or exc})") from exc
+    except ValueError as exc:  # e.g. a NUL byte in the name
+        raise SpectrumError(f"{path}: cannot be opened ({exc})") from exc
+
+
+def _read_table(reader: _Reader, path: str, header: dict, name: str, size: int) -> tuple[Arm, str]:
+    """The arm in the binary table ``name`` whose ``size`` bytes of data come next."""
+    dtype = _table_dtype(header, f"{path}[{name}]")
+    pixels = _pixels(dtype, _int_card(header, "NAXIS2", 0))
+    if pixels > MAX_PIXELS:
+        raise FileTooLarge(
+            f"{path}[{name}]: {pixels:,} pixels, over the limit of {MAX_PIXELS:,} an arm"
+        )
+    raw = reader.read(size)
+    if len(raw) < size:
+        raise EOFError(f"the file ends inside extension {name}")
+    data = np.frombuffer(raw, dtype=dtype, count=_int_card(header, "NAXIS2", 0))
+    # Wild values become inf or NaN, which Arm.problem() reports: a numpy warning for each
+    # such file would only be noise on stderr.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _read_arm(path, header, data, name)
+
+
+def _check_found(
+    path: str, wanted: list[str] | None, arms: dict[str, Arm], seen: list[str]
+) -> None:
+    """Refuse a file without an extension asked for, or without any arm."""
+    if wanted is not None:
+        missing = [e for e in wanted if e not in arms]
+        if missing:
+            raise SpectrumError(
+                f"{path}: no extension {', '.join(missing)} (has: {', '.join(seen) or 'none'})"
+            )
+    if not arms:
+        raise SpectrumError(f"{path}: no COADD_B/COADD_R or B-*/R-* extensions")
+
+
+def read_mrs(
     path: str | os.PathLike[str],
     extensions: Iterable[str] | None = None,
     max_bytes: int = MAX_BYTES,
@@ -398,14 +442,7 @@ def read_mrs(  # noqa: PLR0915
     """
     path = str(path)
     wanted = None if extensions is None else [e.upper() for e in extensions]
-    try:
-        reader = _Reader(path, max_bytes)
-    except FileNotFoundError as exc:
-        raise SpectrumError(f"{path}: no such file") from exc
-    except OSError as exc:
-        raise SpectrumError(f"{path}: cannot be opened ({exc.strerror or exc})") from exc
-    except ValueError as exc:  # e.g. a NUL byte in the name
-        raise SpectrumError(f"{path}: cannot be opened ({exc})") from exc
+    reader = _open(path, max_bytes)
     arms: dict[str, Arm] = {}
     layouts = set()
     seen: list[str] = []
@@ -431,21 +468,7 @@ def read_mrs(  # noqa: PLR0915
                     raise SpectrumError(f"{path}[{name}]: not a binary table")
                 reader.skip(size)
                 continue
-            dtype = _table_dtype(header, f"{path}[{name}]")
-            pixels = _pixels(dtype, _int_card(header, "NAXIS2", 0))
-            if pixels > MAX_PIXELS:
-                raise FileTooLarge(
-                    f"{path}[{name}]: {pixels:,} pixels, over the limit of {MAX_PIXELS:,} an arm"
-                )
-            raw = reader.read(size)
-            if len(raw) < size:
-                raise EOFError(f"the file ends inside extension {name}")
-            data = np.frombuffer(raw, dtype=dtype, count=_int_card(header, "NAXIS2", 0))
-            # Wild values become inf or NaN, which Arm.problem() reports: a numpy warning for
-            # each such file would only be noise on stderr.
-            with np.errstate(over="ignore", invalid="ignore"):
-                arm, layout = _read_arm(path, header, data, name)
-            del raw, data  # before the next extension is read
+            arm, layout = _read_table(reader, path, header, name, size)
             arms[name] = arm
             layouts.add(layout)
             if remaining is not None:
@@ -459,14 +482,7 @@ def read_mrs(  # noqa: PLR0915
         raise SpectrumError(f"{path}: not a readable FITS file ({detail})") from exc
     finally:
         reader.close()
-    if wanted is not None:
-        missing = [e for e in wanted if e not in arms]
-        if missing:
-            raise SpectrumError(
-                f"{path}: no extension {', '.join(missing)} (has: {', '.join(seen) or 'none'})"
-            )
-    if not arms:
-        raise SpectrumError(f"{path}: no COADD_B/COADD_R or B-*/R-* extensions")
+    _check_found(path, wanted, arms, seen)
     return MRSFile(path, primary, "dr9" if layouts == {"dr9"} else "dr7", arms)
 
 
