@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from lamost_rrnet.labels import PAPER_GROUPS
 from lamost_rrnet.models import create_model
 from lamost_rrnet.training import train_ensemble
 from lamost_rrnet.training.config import read_config
+from lamost_rrnet.training.members import RECIPES
 from lamost_rrnet.training.stacked import StackedNet, _Conv3
 
 TINY = {"Nr": [2, 2, 2]}  # 0.5 M parameters: a member trains in milliseconds per spectrum
@@ -545,3 +547,16 @@ def test_small_scale_acceptance(tmp_path):
     baseline = np.abs(train_labels.mean(axis=0) - truth).mean(axis=0)
     print(dict(zip(sp, mae, strict=True)), dict(zip(sp, baseline, strict=True)))
     assert (mae < 0.5 * baseline).all(), (mae, baseline)
+
+
+def test_each_recipe_brings_its_batch_size_and_the_option_overrides_it():
+    """The default recipe steps every 32 spectra (a small set needs the steps), the paper's
+    every 256; --batch-size replaces either."""
+    from lamost_rrnet.training.loop import _recipe
+
+    assert RECIPES["default"].batch_size == 32
+    assert _recipe("default", None, None, None, None).batch_size == 32
+    assert _recipe("paper", None, None, None, None).batch_size == 256
+    assert _recipe("default", 8, None, None, None).batch_size == 8
+    paper = _recipe("paper", 8, 1e-3, None, None)
+    assert paper == replace(RECIPES["paper"], batch_size=8, lr=1e-3)

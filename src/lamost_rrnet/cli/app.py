@@ -12,7 +12,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.markup import escape
@@ -116,33 +116,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         app(args=args, prog_name="lamost-rrnet")
     except UsageError as exc:
-        if verbose:
-            traceback.print_exc(file=sys.stderr)
-        stderr_console.print(
-            f"[bold red]usage error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
-        )
-        sys.exit(2)
+        _fail("usage error", str(exc), 2, verbose)
     except RRNetError as exc:
-        if verbose:
-            traceback.print_exc(file=sys.stderr)
-        # A message of several lines (merge's refusals: one per kind of problem) gets the
-        # prefix on each, so that every line stands alone in a log.
-        for line in str(exc).splitlines() or [""]:
-            stderr_console.print(
-                f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True
-            )
-        sys.exit(1)
+        _fail("error", str(exc), 1, verbose)
     except OSError as exc:
         # Unwritable outputs, full disks, vanished files: the environment, not the command line.
-        if verbose:
-            traceback.print_exc(file=sys.stderr)
-        where = f" {exc.filename}:" if getattr(exc, "filename", None) else ""
+        reason = str(exc.strerror or exc)
+        _fail("error", f"{exc.filename}: {reason}" if exc.filename else reason, 1, verbose)
+
+
+def _fail(prefix: str, message: str, code: int, verbose: bool) -> NoReturn:
+    """One line per line of ``message``, each with ``prefix``, then exit with ``code``.
+
+    A message of several lines (merge's refusals: one per kind of problem) gets the prefix on
+    each, so that every line stands alone in a log; the traceback only with --verbose.
+    """
+    if verbose:
+        traceback.print_exc(file=sys.stderr)
+    for line in message.splitlines() or [""]:
         stderr_console.print(
-            f"[bold red]error:[/]{escape(where)} {escape(str(exc.strerror or exc))}",
-            highlight=False,
-            soft_wrap=True,
+            f"[bold red]{prefix}:[/] {escape(line)}", highlight=False, soft_wrap=True
         )
-        sys.exit(1)
+    sys.exit(code)
 
 
 def _register() -> None:

@@ -59,7 +59,8 @@ Catalogue = Annotated[
         "--catalogue",
         exists=True,
         dir_okay=False,
-        help="LAMOST catalogue (CSV/FITS/Parquet) with the RVs, joined by obsid or file name.",
+        help="RV table (CSV/FITS/Parquet, such as the LAMOST catalogue), joined by obsid or "
+        "file name.",
     ),
 ]
 RvColumn = Annotated[

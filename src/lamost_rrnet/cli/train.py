@@ -14,7 +14,6 @@ from typing import Annotated
 import typer
 
 from lamost_rrnet.cli.common import (
-    BatchSize,
     Overwrite,
     Resume,
     Seed,
@@ -138,6 +137,14 @@ Dataset = Annotated[
 ]
 Output = Annotated[Path, output_option("Model directory.", file_okay=False)]
 Members = Annotated[int, option("--members", min=1, help="Members per label group.")]
+TrainBatchSize = Annotated[
+    int | None,
+    option(
+        "--batch-size",
+        min=1,
+        help="Spectra per optimizer step (default: the recipe's, 32 for default, 256 for paper).",
+    ),
+]
 Arch = Annotated[
     str,
     option(
@@ -220,7 +227,7 @@ def train_command(
     groups: Groups = GROUPS_PAPER,
     recipe: RecipeName = "default",
     epochs: Epochs = 30,
-    batch_size: BatchSize = 256,
+    batch_size: TrainBatchSize = None,
     lr: LearningRate = None,
     noise_prob: NoiseProb = None,
     noise_from_epoch: NoiseFromEpoch = None,
