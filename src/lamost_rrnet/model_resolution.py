@@ -14,7 +14,7 @@ import torch
 
 from lamost_rrnet.download import fetch
 from lamost_rrnet.ensemble import MODEL_FILE, Ensemble
-from lamost_rrnet.errors import ModelError
+from lamost_rrnet.errors import ModelError, RRNetError
 from lamost_rrnet.hub import downloadable_models, get_entry
 from lamost_rrnet.names import DEFAULT_MODEL
 from lamost_rrnet.published_layout import is_published_layout, load_published
@@ -92,3 +92,19 @@ def load_model(
     if path.exists():
         raise ModelError(f"{path}: a model is a directory or a registered name, not a file")
     raise ModelError(f"{text}: no such model directory")
+
+
+def load_ensemble(
+    source: str | os.PathLike[str] | Ensemble, device: str | torch.device, *, progress: bool = False
+) -> Ensemble:
+    """``source`` on ``device``: an Ensemble itself, or what ``--model`` names (a registry name,
+    a model directory or the published layout, resolved and verified by :func:`load_model`);
+    any failure to load is a ModelError."""
+    if not isinstance(source, str | os.PathLike):
+        return source.to(device)
+    try:
+        return load_model(os.fspath(source), device=device, progress=progress)
+    except RRNetError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"{source}: the model cannot be loaded ({exc})") from exc

@@ -466,17 +466,6 @@ class Predictor:
 _RUNNERS: dict[tuple, ModelRunner] = {}
 
 
-def load_ensemble(model: Any, device: str, *, progress: bool = False):
-    """The ensemble on ``device``: ``model`` itself, or what ``--model`` names (a registry
-    name or a directory, resolved and verified by
-    :func:`lamost_rrnet.model_resolution.load_model`)."""
-    if isinstance(model, (str, os.PathLike)):
-        from lamost_rrnet.model_resolution import load_model
-
-        return load_model(os.fspath(model), device=device, progress=progress)
-    return model.to(device)
-
-
 def worker_runner(predictor: Predictor) -> ModelRunner:
     """This process's runner for ``predictor``: the model is loaded on first use only."""
     model = predictor.model
@@ -488,6 +477,8 @@ def worker_runner(predictor: Predictor) -> ModelRunner:
     )
     runner = _RUNNERS.get(key)
     if runner is None:
+        from lamost_rrnet.model_resolution import load_ensemble
+
         ensemble = load_ensemble(model, predictor.device)
         runner = ModelRunner(ensemble, predictor.batch_size, predictor.raw_sigma)
         _RUNNERS.clear()  # one model per process: a new run's model replaces the last

@@ -44,7 +44,7 @@ from lamost_rrnet.identity import HashSet, escape_text
 from lamost_rrnet.inputs import Shard, chunks, iter_input_paths, select_inputs
 from lamost_rrnet.locking import exclusive
 from lamost_rrnet.names import DEFAULT_MODEL
-from lamost_rrnet.pipeline import Chunk, ModelRunner, Predictor, ReadJob, load_ensemble
+from lamost_rrnet.pipeline import Chunk, ModelRunner, Predictor, ReadJob
 from lamost_rrnet.progress import make_progress
 from lamost_rrnet.rv_table import load_rv_table
 from lamost_rrnet.spectra.io import MAX_BYTES
@@ -399,6 +399,8 @@ def predict_files(
 
         # With Dask the workers run the model, each on its device; here it only gives the
         # catalogue's columns and header, on the CPU (the client may have no GPU).
+        from lamost_rrnet.model_resolution import load_ensemble
+
         ensemble = load_ensemble(model, "cpu" if dask is not None else device, progress=progress)
         on_cpu = ensemble.device.type == "cpu"
         layout = layout or (WORKERS_PREDICT if on_cpu else FEEDER)

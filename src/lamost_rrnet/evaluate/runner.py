@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from lamost_rrnet.errors import DatasetError, ModelError, RRNetError
+from lamost_rrnet.errors import DatasetError, ModelError
 from lamost_rrnet.evaluate import plots
 from lamost_rrnet.evaluate.metrics import (
     SNR_BIN_NAMES,
@@ -34,6 +34,7 @@ from lamost_rrnet.evaluate.report import (
     write_report_files,
 )
 from lamost_rrnet.labels import CATALOGUE_LABELS, pretty
+from lamost_rrnet.model_resolution import load_ensemble
 from lamost_rrnet.names import DEFAULT_MODEL
 
 if TYPE_CHECKING:
@@ -99,23 +100,6 @@ def ordered_labels(names: Sequence[str]) -> list[str]:
     """Catalogue (paper Table 3) order first, then any other labels in their given order."""
     known = [lb for lb in CATALOGUE_LABELS if lb in names]
     return known + [lb for lb in names if lb not in CATALOGUE_LABELS]
-
-
-def load_ensemble(
-    source: str | os.PathLike[str] | Ensemble, device: torch.device, *, progress: bool = False
-) -> Ensemble:
-    """An Ensemble on ``device`` from a registry name, a model directory or an Ensemble;
-    any failure to load is a ModelError."""
-    from lamost_rrnet.model_resolution import load_model
-
-    if not isinstance(source, str | os.PathLike):
-        return source.to(device)
-    try:
-        return load_model(str(source), device=device, progress=progress)
-    except RRNetError:
-        raise
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelError(f"{source}: the model cannot be loaded ({exc})") from exc
 
 
 def _spec_difference(a, b) -> str:
