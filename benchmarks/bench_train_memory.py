@@ -3,14 +3,15 @@
 For each dataset size N a synthetic dataset of the real layout is written (flux about 1 with
 1 % noise, /ivar, 17 labels, split 70/10/20 by star), or ``--dataset`` gives a real one. Each
 measurement runs :func:`lamost_rrnet.training.train_ensemble` in a child process at the
-default batch size (256) for one epoch cut to ``--steps`` batches per member stack, with
-the validation split cut to ``--valid`` rows: the whole dataset is still loaded, every
-member stack trains as in a full run, and a step's activations do not depend on how many
-steps follow. The resident memory of the child's process tree is sampled every 0.1 s
-(bench_predict_memory.run); the peak is reported with the seconds per step.
+recipe's batch size (32 for ``default``, 256 for ``paper``) for one epoch cut to ``--steps``
+batches per member stack, with the validation split cut to ``--valid`` rows: the whole
+dataset is still loaded, every member stack trains as in a full run, and a step's
+activations do not depend on how many steps follow. The resident memory of the child's
+process tree is sampled every 0.1 s (bench_predict_memory.run); the peak is reported with
+the seconds per step.
 
-    python benchmarks/bench_train_memory.py --n 2000 20000 --micro-batch 256 32
-    python benchmarks/bench_train_memory.py --dataset /work/bench17-ivar/dataset.h5
+    python benchmarks/bench_train_memory.py --n 2000 20000 --micro-batch 32 16
+    python benchmarks/bench_train_memory.py --dataset WORKDIR/dataset.h5 --recipe paper
 """
 
 from __future__ import annotations
@@ -50,17 +51,17 @@ def child(args: argparse.Namespace) -> None:
     from lamost_rrnet.training.members import RECIPES
 
     load = loop.load_training_data
+    recipe = dataclasses.replace(RECIPES[args.recipe], micro_batch=args.micro_batch)
 
     def cut(*a, **k):
         data = load(*a, **k)
         for group in data.groups.values():
-            for split, n in (("train", args.steps * 256), ("valid", args.valid)):
+            for split, n in (("train", args.steps * recipe.batch_size), ("valid", args.valid)):
                 s = group[split]
                 group[split] = SplitData(s.rows[:n], s.labels[:n], s.dropped)
         return data
 
     loop.load_training_data = cut
-    recipe = dataclasses.replace(RECIPES[args.recipe], micro_batch=args.micro_batch)
     with tempfile.TemporaryDirectory() as out:
         loop.train_ensemble(
             args.child, Path(out) / "m", members=args.members, epochs=1, recipe=recipe,
@@ -83,7 +84,11 @@ def main() -> None:
         args.micro_batch = args.micro_batch[0]
         return child(args)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {date.today()}")
-    print(f"train --members {args.members} --recipe {args.recipe}, batch 256, {args.steps} steps")
+    from lamost_rrnet.training.members import RECIPES
+
+    batch = RECIPES[args.recipe].batch_size
+    setup = f"--recipe {args.recipe}, batch {batch}, {args.steps} steps"
+    print(f"train --members {args.members} {setup}")
     with tempfile.TemporaryDirectory() as tmp:
         datasets = (
             {"dataset": args.dataset}
