@@ -256,6 +256,16 @@ def test_invalid_options_exit_2(sim, tmp_path, run_cli, args):
     assert code == 2
 
 
+def test_a_wrong_column_is_a_usage_error_even_over_an_existing_output(sim, tmp_path, run_cli):
+    """The command line is checked before the output: exit 2, and the file is left alone."""
+    out = tmp_path / "ref.fits"
+    out.write_text("keep me")
+    args = ("--labels-file", sim / "labels.csv", "-o", out, "--column", "nonsense=snr_b")
+    code, _, stderr = run_cli("crossmatch", sim / "lamost_catalogue.csv", *args)
+    assert code == 2 and "unknown LAMOST column name(s) nonsense" in " ".join(stderr.split())
+    assert out.read_text() == "keep me"
+
+
 def test_library_refuses_unknown_columns_and_existing_outputs(sim, tmp_path):
     with pytest.raises(UsageError, match="unknown LAMOST column name"):
         crossmatch(

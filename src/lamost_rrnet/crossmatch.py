@@ -79,14 +79,25 @@ class CrossmatchResult:
 
 
 def parse_column_pairs(pairs: Iterable[str]) -> dict[str, str]:
-    """``["NAME=SOURCE", ...]`` -> {NAME: SOURCE}; ValueError on a malformed pair."""
+    """``["NAME=SOURCE", ...]`` -> {NAME: SOURCE}; ValueError on a malformed pair, and
+    :class:`UsageError` (a ValueError) on a NAME that is not a LAMOST column."""
     out = {}
     for pair in pairs:
         name, sep, source = pair.partition("=")
         if not sep or not name.strip() or not source.strip():
             raise ValueError(f"{pair!r}: use NAME=SOURCE, e.g. rv=rv_ku0")
         out[name.strip()] = source.strip()
+    check_lamost_names(out)
     return out
+
+
+def check_lamost_names(names: Iterable[str]) -> None:
+    """:class:`UsageError` for renames of columns that the LAMOST side does not have."""
+    unknown = sorted(set(names) - set(LAMOST_COLUMNS))
+    if unknown:
+        raise UsageError(
+            f"unknown LAMOST column name(s) {', '.join(unknown)}: use {', '.join(LAMOST_COLUMNS)}"
+        )
 
 
 @dataclass
@@ -405,11 +416,7 @@ def crossmatch(
     either side. Raises :class:`CatalogueError` for missing columns, an empty match, or a
     cut that leaves nothing, and :class:`UsageError` for a rename of an unknown column.
     """
-    unknown = sorted(set(columns or {}) - set(LAMOST_COLUMNS))
-    if unknown:
-        raise UsageError(
-            f"unknown LAMOST column name(s) {', '.join(unknown)}: use {', '.join(LAMOST_COLUMNS)}"
-        )
+    check_lamost_names(columns or {})
     cmap = ColumnMap({}, {}, False) if map_file is None else read_column_map(map_file)
     strict_lamost = {} if cmap.flat else dict(cmap.lamost)
     strict_lamost.update(columns or {})
