@@ -22,9 +22,10 @@ from __future__ import annotations
 import collections
 import multiprocessing
 import sys
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
 
 from lamost_rrnet.errors import RRNetError
 from lamost_rrnet.lifeline import exit_with_parent
@@ -42,7 +43,32 @@ from lamost_rrnet.pipeline import (
 WORKERS_PREDICT = "workers"
 FEEDER = "feeder"
 
+T = TypeVar("T")
+R = TypeVar("R")
+
 _PREDICTOR: Predictor | None = None  # this worker process's, set by _init_worker
+
+
+def in_order(
+    pool: Executor, function: Callable[..., R], items: Iterable[T], limit: int, *args: Any
+) -> Iterator[tuple[T, R]]:
+    """``(item, function(item, *args))`` for each item, run on ``pool``, in the items' order,
+    with at most ``limit`` submitted and not yet handed back, so that memory stays bounded
+    however many items there are. What is still queued is cancelled when the caller stops
+    early."""
+    pending: collections.deque[tuple[T, Future[R]]] = collections.deque()
+    try:
+        for item in items:
+            pending.append((item, pool.submit(function, item, *args)))
+            while len(pending) >= limit:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
+    finally:
+        for _, future in pending:
+            future.cancel()
 
 
 def _init_worker(threads: int, predictor: Predictor | None) -> None:
@@ -101,14 +127,9 @@ class LocalExecutor:
             self.pool.submit(int).result()
 
     def _results(self, tasks: Iterator[list[str]], function, *args) -> Iterator:
-        pending: collections.deque[Future] = collections.deque()
         try:
-            for paths in tasks:
-                pending.append(self.pool.submit(function, paths, *args))
-                while len(pending) >= self.max_in_flight:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
+            for _, result in in_order(self.pool, function, tasks, self.max_in_flight, *args):
+                yield result
         except BrokenProcessPool as exc:
             raise RRNetError(
                 "a worker process died (out of memory?): what is written so far is kept; "

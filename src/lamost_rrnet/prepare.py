@@ -14,9 +14,9 @@ from __future__ import annotations
 import csv
 import multiprocessing
 import os
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from lamost_rrnet.atomic import replace_durably
 from lamost_rrnet.crossmatch import reference_label_names
 from lamost_rrnet.dataset import DatasetWriter
 from lamost_rrnet.errors import CatalogueError, OutputExistsError, SpectrumError
+from lamost_rrnet.executors import in_order
 from lamost_rrnet.lifeline import exit_with_parent
 from lamost_rrnet.locking import exclusive
 from lamost_rrnet.pipeline import Resampled, normalize_chunk, resample_spectrum
@@ -219,19 +220,8 @@ def _run_chunks(
         return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-        pending: deque[tuple[int, Future]] = deque()
-        try:
-            for chunk in chunks:
-                pending.append((len(chunk), pool.submit(process_rows, chunk, spec, thresholds)))
-                if len(pending) >= 2 * workers:
-                    n, future = pending.popleft()
-                    yield n, future.result()
-            while pending:
-                n, future = pending.popleft()
-                yield n, future.result()
-        finally:
-            for _, future in pending:
-                future.cancel()
+        for chunk, result in in_order(pool, process_rows, chunks, 2 * workers, spec, thresholds):
+            yield len(chunk), result
 
 
 def _read_reference(reference: str | os.PathLike[str]):
