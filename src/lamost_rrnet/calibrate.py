@@ -7,6 +7,7 @@ model is run over the dataset's spectra and the scales fitted on what it predict
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -20,18 +21,30 @@ if TYPE_CHECKING:
 _Model = TypeVar("_Model", bound=Calibrated)
 
 
-def fit_calibration(
+@dataclass(frozen=True)
+class SplitPredictions:
+    """A model's uncalibrated predictions on one split of a dataset, with the true labels:
+    (spectra, labels) arrays over the ``labels`` the model and the dataset share."""
+
+    labels: list[str]
+    mu: np.ndarray
+    sigma: np.ndarray
+    true: np.ndarray
+    split: str
+    dataset: str  # the dataset's resolved path
+
+
+def predict_split(
     model: Calibrated,
     dataset: str | os.PathLike[str] | Dataset,
     split: str = "valid",
     batch_size: int = 256,
-) -> Calibration:
-    """The scales of ``model`` fitted on one split of a prepared dataset.
+) -> SplitPredictions:
+    """``model`` run over ``split`` of a prepared dataset with its raw σ
+    (``predict(flux, batch_size=, raw_sigma=True)``).
 
-    ``model`` predicts with ``predict(flux, batch_size=, raw_sigma=True)`` (its uncalibrated
-    σ: a calibrated model is calibrated afresh, not on top of its old scales). Labels the
-    dataset lacks keep the scale 1 (``n`` 0). Raises :class:`DatasetError` for an empty
-    split, a dataset made with other preprocessing, or no label in common.
+    Raises :class:`DatasetError` for an empty split, a dataset made with other
+    preprocessing, or no label in common.
     """
     from lamost_rrnet.dataset import Dataset, open_dataset
     from lamost_rrnet.errors import DatasetError
@@ -39,7 +52,7 @@ def fit_calibration(
 
     if not isinstance(dataset, Dataset):
         with open_dataset(dataset) as ds:
-            return fit_calibration(model, ds, split, batch_size)
+            return predict_split(model, ds, split, batch_size)
     ds = dataset
     check_compatible(ds, model, getattr(model, "name", "the model"))
     common = [label for label in model.labels if label in ds.label_names]
@@ -59,16 +72,38 @@ def fit_calibration(
         sigma[done : done + batch.size] = s[:, columns]
         done += batch.size
     true = ds.labels(indices, common).astype(np.float64)
-    scales, counts = fit_scales_with_counts(mu, sigma, true)
-    fitted = dict(zip(common, scales.tolist(), strict=True))
-    used = dict(zip(common, counts, strict=True))
+    return SplitPredictions(common, mu, sigma, true, split, str(Path(ds.path).resolve()))
+
+
+def calibration_from(model: Calibrated, predictions: SplitPredictions) -> Calibration:
+    """The scales of ``model`` fitted on its ``predictions``; labels without predictions keep
+    the scale 1 (``n`` 0)."""
+    scales, counts = fit_scales_with_counts(predictions.mu, predictions.sigma, predictions.true)
+    fitted = dict(zip(predictions.labels, scales.tolist(), strict=True))
+    used = dict(zip(predictions.labels, counts, strict=True))
     return Calibration(
         {label: fitted.get(label, 1.0) for label in model.labels},
-        split,
-        int(indices.size),
-        str(Path(ds.path).resolve()),
+        predictions.split,
+        int(predictions.mu.shape[0]),
+        predictions.dataset,
         {label: used.get(label, 0) for label in model.labels},
     )
+
+
+def fit_calibration(
+    model: Calibrated,
+    dataset: str | os.PathLike[str] | Dataset,
+    split: str = "valid",
+    batch_size: int = 256,
+) -> Calibration:
+    """The scales of ``model`` fitted on one split of a prepared dataset.
+
+    ``model`` predicts its uncalibrated σ (a calibrated model is calibrated afresh, not on
+    top of its old scales). Labels the dataset lacks keep the scale 1 (``n`` 0). Raises
+    :class:`DatasetError` for an empty split, a dataset made with other preprocessing, or no
+    label in common.
+    """
+    return calibration_from(model, predict_split(model, dataset, split, batch_size))
 
 
 def calibrate(

@@ -38,7 +38,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from lamost_rrnet._version import __version__
-from lamost_rrnet.calibrate import calibrate
+from lamost_rrnet.calibrate import calibration_from, predict_split
 from lamost_rrnet.calibration import describe
 from lamost_rrnet.dataset import open_dataset
 from lamost_rrnet.ensemble import Ensemble, LabelGroup, Normalization
@@ -226,11 +226,10 @@ def train_cannon(
         with open_dataset(dataset_path) as ds:
             specs = resolve_groups(groups, ds.label_names, dataset_path)
             names = list(dict.fromkeys(label for g in specs for label in g.labels))
-            train, valid = ds.indices("train"), ds.indices("valid")
+            train = ds.indices("train")
+            ds.indices("valid")  # a dataset without a validation split fails before the fit
             flux, ivar = ds.flux(train), ds.ivar(train)
             labels = ds.labels(train, names).astype(np.float64)
-            valid_flux = ds.flux(valid)
-            valid_labels = ds.labels(valid, names).astype(np.float64)
             preprocessing = ds.preprocessing
         usable = np.isfinite(flux).any(axis=1)
         known = np.where(usable[:, None], labels, np.nan)
@@ -274,13 +273,13 @@ def train_cannon(
             ranges,
             provenance,
         )
-        valid_mu, _ = ensemble.predict(valid_flux)
-        valid_mu = valid_mu[:, [ensemble.labels.index(n) for n in names]]
-        mae = _mae_line(valid_mu, valid_labels, names)
+        # One labelling of the validation split gives its MAE and the σ scales: the label-fit
+        # covariance alone is too narrow (it knows no model error), so σ is calibrated there,
+        # as for the networks (docs/training.md, "Calibration").
+        valid = predict_split(ensemble, dataset_path, "valid")
+        mae = _mae_line(valid.mu, valid.true, valid.labels)
         logger.info(f"fitted in {fit_seconds:.1f} s; validation MAE: {mae}")
-        # The label-fit covariance alone is too narrow (it knows no model error): σ scales from
-        # the validation split, as for the networks (docs/training.md, "Calibration").
-        ensemble = calibrate(ensemble, dataset_path, "valid")
+        ensemble = ensemble.with_calibration(calibration_from(ensemble, valid))
         logger.info(describe(ensemble.calibration, ensemble.labels))
         ensemble.save(out_dir)
         logger.info(f"model written to {out_dir} ({time.perf_counter() - started:.1f} s in all)")
